@@ -1,0 +1,299 @@
+"""Composition root: builds every component from the settings and owns the stop event.
+
+Start-up order is library -> pipeline -> transport (so nothing arrives before we can
+answer); shutdown runs in reverse: stop intake, drain the pipeline, publish ``offline``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from faultline.agent import __version__
+from faultline.agent.metrics import Counters, Sequence
+from faultline.agent.pipeline import Diagnosis, Job, Pipeline, VerdictPolicy
+from faultline.agent.settings import Settings
+from faultline.agent.transport.mqtt import InboundMessage, MqttTransport
+from faultline.agent.transport.payloads import (
+    AlertRecord,
+    ErrorRecord,
+    PayloadError,
+    PayloadLimits,
+    decode_spectrum,
+    decode_window,
+    encode_alert,
+    encode_error,
+    new_message_id,
+)
+from faultline.agent.transport.topics import Topics, build_topics
+from faultline.encoders.signals import Measurement
+from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.fault_library.library import FaultLibrary
+
+log = logging.getLogger(__name__)
+
+
+def topics_from_settings(settings: Settings) -> Topics:
+    return build_topics(
+        prefix=settings.topics.prefix,
+        client_id=settings.resolved_client_id(),
+        window_filters=list(settings.topics.window_filters),
+        spectrum_filters=list(settings.topics.spectrum_filters),
+        shared_group=settings.topics.shared_group,
+    )
+
+
+def limits_from_settings(settings: Settings) -> PayloadLimits:
+    lim = settings.limits
+    return PayloadLimits(
+        max_payload_bytes=lim.max_payload_bytes,
+        min_samples=lim.min_samples,
+        max_samples=lim.max_samples,
+        min_fs=lim.min_fs,
+        max_fs=lim.max_fs,
+        min_rpm=lim.min_rpm,
+        max_rpm=lim.max_rpm,
+        max_spectrum_bins=lim.max_spectrum_bins,
+    )
+
+
+def encoder_from_settings(settings: Settings) -> SpectrumEncoder:
+    return SpectrumEncoder(target_fs=settings.encoder.target_fs, window_s=settings.encoder.window_s)
+
+
+def transport_from_settings(
+    settings: Settings,
+    *,
+    client_id: str,
+    status_topic: str,
+    status_online: Callable[[], dict[str, object]],
+    on_message: Callable[[InboundMessage], None],
+) -> MqttTransport:
+    mqtt = settings.mqtt
+    return MqttTransport(
+        host=mqtt.host,
+        port=mqtt.port,
+        client_id=client_id,
+        protocol=mqtt.protocol,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        keepalive_s=mqtt.keepalive_s,
+        session_expiry_s=mqtt.session_expiry_s,
+        clean_start=mqtt.clean_start,
+        reconnect_min_s=mqtt.reconnect_min_s,
+        reconnect_max_s=mqtt.reconnect_max_s,
+        max_inflight=mqtt.max_inflight,
+        max_queued_messages=mqtt.max_queued_messages,
+        tls=mqtt.tls,
+        ca_certs=str(mqtt.ca_certs) if mqtt.ca_certs else None,
+        status_topic=status_topic,
+        status_online=status_online,
+        on_message=on_message,
+    )
+
+
+class Agent:
+    """The running agent: MQTT intake -> validation -> pipeline -> alerts."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        library: FaultLibrary,
+        encoder: SpectrumEncoder | None = None,
+    ) -> None:
+        self.settings = settings
+        self.counters = Counters()
+        self.topics = topics_from_settings(settings)
+        self.client_id = self.topics.client_id
+        self._library = library
+        self._encoder = encoder or encoder_from_settings(settings)
+        self._limits = limits_from_settings(settings)
+        self._alert_seq = Sequence()
+        self._error_seq = Sequence()
+        self._started_at = time.time()
+        self._stopped = threading.Event()
+        pipe = settings.pipeline
+        self.pipeline = Pipeline(
+            encoder=self._encoder,
+            library=lambda: self._library,
+            on_diagnosis=self._publish_alert,
+            on_failure=self._on_pipeline_failure,
+            policy=VerdictPolicy(
+                top_k=pipe.top_k,
+                min_similarity=settings.verdict.min_similarity,
+                min_confidence=settings.verdict.min_confidence,
+            ),
+            counters=self.counters,
+            queue_size=pipe.queue_size,
+            batch_max=pipe.batch_max,
+            batch_wait_s=pipe.batch_wait_ms / 1000.0,
+            workers=pipe.workers,
+        )
+        self.transport = transport_from_settings(
+            settings,
+            client_id=self.client_id,
+            status_topic=self.topics.status,
+            status_online=self._status_fields,
+            on_message=self._on_message,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self.pipeline.start()
+        self.transport.subscribe(self.topics.subscriptions(), qos=self.settings.mqtt.qos)
+        self.transport.start()
+        log.info(
+            "agent %s started: library %s (%s), subscribed to %s",
+            self.client_id,
+            self._library.version,
+            self._library.model_id,
+            ", ".join(self.topics.subscriptions()),
+        )
+
+    def stop(self) -> None:
+        """Stop intake, drain in-flight windows within the bound, publish offline."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        left = self.pipeline.stop(self.settings.pipeline.drain_timeout_s)
+        if left:
+            log.warning("%d queued windows were not processed before the drain bound", left)
+        self.transport.stop()
+        log.info("agent stopped; counters %s", json.dumps(self.counters.snapshot()))
+
+    def run_forever(self, stop_event: threading.Event | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or ``stop_event``), then stop cleanly."""
+        stop = stop_event or threading.Event()
+        install_stop_signals(stop)
+        self.start()
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    # -- intake (paho's network thread) ---------------------------------------------
+    def _on_message(self, message: InboundMessage) -> None:
+        self.counters.add("received")
+        route = self.topics.classify(message.topic)
+        if route is None:
+            self._reject(message.topic, None, "unexpected_topic", "no configured filter matches")
+            return
+        kind, asset = route
+        try:
+            measurement = self._decode(kind, asset, message.payload)
+        except PayloadError as exc:
+            self._reject(message.topic, asset, exc.code, exc.message)
+            return
+        job = Job(measurement=measurement, topic=message.topic, received_at=message.received_at)
+        if not self.pipeline.submit(job):
+            self._reject(message.topic, asset, "shutting_down", "agent is stopping; not queued")
+
+    def _decode(self, kind: str, asset: str, payload: bytes) -> Measurement:
+        decoded: Measurement
+        if kind == "spectrum":
+            decoded = decode_spectrum(asset, payload, self._limits)
+        else:
+            decoded = decode_window(asset, payload, self._limits)
+        return self._with_asset_defaults(decoded)
+
+    def _with_asset_defaults(self, item: Measurement) -> Measurement:
+        """Fill rpm and bearing geometry from the asset's configuration when not sent."""
+        asset_cfg = self.settings.assets.get(item.asset)
+        if asset_cfg is None:
+            return item
+        import dataclasses
+
+        changes: dict[str, object] = {}
+        if item.rpm is None and asset_cfg.rpm is not None:
+            changes["rpm"] = asset_cfg.rpm
+            changes["meta"] = {**item.meta, "rpm_source": "asset"}
+        geometry = asset_cfg.bearing_geometry()
+        if item.geometry is None and geometry is not None:
+            changes["geometry"] = geometry
+        return dataclasses.replace(item, **changes) if changes else item  # type: ignore[arg-type]
+
+    # -- outputs ---------------------------------------------------------------------
+    def _publish_alert(self, diagnosis: Diagnosis) -> None:
+        item = diagnosis.job.measurement
+        rpm_source = str(item.meta.get("rpm_source", diagnosis.rpm_source))
+        record = AlertRecord(
+            asset=item.asset,
+            window_ts=item.ts,
+            label=diagnosis.verdict.label,
+            confidence=diagnosis.verdict.confidence,
+            reason=diagnosis.verdict.reason,
+            neighbours=[(n.id, n.label, n.score) for n in diagnosis.neighbours],
+            latency_ms=diagnosis.latency_ms,
+            seq=self._alert_seq.next(),
+            message_id=new_message_id(),
+            rpm=diagnosis.rpm,
+            rpm_source=rpm_source,
+            library_version=diagnosis.library_version,
+            agent_id=self.client_id,
+            input_kind=diagnosis.view,
+            emitted_at=time.time(),
+        )
+        self.transport.publish(self.topics.alert(item.asset), encode_alert(record), qos=1)
+        self.counters.add("alerts")
+        self.counters.add(f"alerts.{record.label}")
+
+    def _on_pipeline_failure(self, job: Job, code: str, reason: str) -> None:
+        self._reject(job.topic, job.measurement.asset, code, reason)
+
+    def _reject(self, topic: str, asset: str | None, code: str, reason: str) -> None:
+        """Count, log and publish a rejection where operators see it; keep serving."""
+        self.counters.add("rejected")
+        self.counters.add(f"rejected.{code}")
+        log.warning("rejected message on %s (asset %s): %s: %s", topic, asset, code, reason)
+        record = ErrorRecord(
+            topic=topic,
+            asset=asset,
+            code=code,
+            reason=reason,
+            ts=time.time(),
+            seq=self._error_seq.next(),
+            agent_id=self.client_id,
+        )
+        try:
+            self.transport.publish(self.topics.errors, encode_error(record), qos=1)
+        except Exception:
+            log.exception("could not publish the rejection of %s", topic)
+
+    def _status_fields(self) -> dict[str, object]:
+        info = self._library.info()
+        return {
+            "agent": self.client_id,
+            "version": __version__,
+            "since": self._started_at,
+            "library": {
+                "version": self._library.version,
+                "model_id": self._library.model_id,
+                "signatures": info.get("count", info.get("counts")),
+                "index": info.get("index"),
+            },
+            "topics": {"alerts": self.topics.alert("+"), "errors": self.topics.errors},
+        }
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """SIGTERM (balena, docker) and SIGINT (Ctrl-C) both mean: stop cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+
+
+def default_library_root(settings: Settings) -> Path:
+    return settings.library.path or settings.resolved_data_dir() / "library"

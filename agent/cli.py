@@ -1,0 +1,55 @@
+"""``faultline`` command line: one verb per module under ``agent/commands``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from faultline.agent import __version__
+from faultline.agent.commands import check_config, demo, diagnose, run, simulate
+
+COMMANDS = (run, demo, simulate, diagnose, check_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="faultline",
+        description=(
+            "Faultline: on-device vibration diagnosis. Sensors publish vibration windows or "
+            "spectra over MQTT; the agent answers each with an alert citing the nearest known "
+            "fault signatures."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"faultline {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (default: the config's log_level, INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level or "INFO")
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""``faultline run``: the production agent (what the balena container starts)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from faultline.agent.app import Agent, default_library_root, encoder_from_settings
+from faultline.agent.library_setup import load_or_build_library
+from faultline.agent.settings import ConfigError, Settings, load_settings
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="run the agent against the configured MQTT broker",
+        description=(
+            "Run the agent: subscribe to the configured sensor topics, answer each window "
+            "with an alert, publish rejections on the errors topic and a retained status. "
+            "Stops cleanly on SIGTERM/SIGINT. Config: --config FILE or FAULTLINE_CONFIG, "
+            "overridden by FAULTLINE__SECTION__KEY environment variables."
+        ),
+    )
+    parser.add_argument("--config", "-c", default=None, help="YAML configuration file")
+    parser.set_defaults(handler=run)
+
+
+def settings_or_exit(path: str | None) -> Settings:
+    """Load settings; on a bad config print every problem and exit 2 (shared by verbs)."""
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"faultline: invalid configuration:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_or_exit(args.config)
+    logging.getLogger().setLevel(args.log_level or settings.log_level)
+    encoder = encoder_from_settings(settings)
+    library = load_or_build_library(
+        default_library_root(settings), encoder, rebuild=settings.library.rebuild
+    )
+    Agent(settings, library, encoder).run_forever()
+    return 0

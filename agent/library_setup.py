@@ -1,0 +1,46 @@
+"""Finding the agent's fault library, or building the default one on first start.
+
+A fresh gateway has no library yet; rather than refuse to start, it builds the default
+one from the demo set shipped in the package (once, with a progress bar) and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.fault_library.builder import build_library
+from faultline.fault_library.demo import DEMO_DIR, library_segment
+from faultline.fault_library.library import FaultLibrary, LibraryError, open_current
+from faultline.fault_library.recordings import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def load_or_build_library(
+    root: Path, encoder: SpectrumEncoder, *, rebuild: bool = False, progress: bool = True
+) -> FaultLibrary:
+    """Open ``root``'s current version; build the default library when there is none.
+
+    A library built by another encoder cannot answer this encoder's embeddings, so a
+    model mismatch also triggers a rebuild of the default library (logged).
+    """
+    if not rebuild:
+        try:
+            return open_current(root, expected_model_id=encoder.model_id)
+        except FileNotFoundError:
+            log.info("no fault library at %s yet: building the default one from the demo set", root)
+        except LibraryError as exc:
+            log.warning("fault library at %s is unusable (%s): rebuilding the default one", root, exc)
+    entries = read_manifest(DEMO_DIR)
+    build_library(
+        entries,
+        root,
+        encoder,
+        include=lambda e: library_segment(e) is not None,
+        segment=lambda e: library_segment(e) or (0.0, None),
+        dataset="CWRU demo set (loads 0-2 hp + first half of record 97)",
+        progress=progress,
+    )
+    return open_current(root, expected_model_id=encoder.model_id)

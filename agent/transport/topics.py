@@ -1,0 +1,105 @@
+"""The one place that knows topic names.
+
+Inputs are MQTT filters with exactly one ``+``: the level it matches is the asset id, so
+plants keep their own topic trees (``plant/line3/+/vibration``) and the agent adapts by
+configuration. Outputs hang under one prefix so a dashboard subscribes to
+``<prefix>/#`` and sees everything one fleet says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SHARED_PREFIX = "$share/"
+
+
+@dataclass(frozen=True, slots=True)
+class InputFilter:
+    """A subscription filter and where in it the asset id sits."""
+
+    filter: str
+    kind: str  # "window" or "spectrum"
+    asset_level: int
+
+    def match(self, topic: str) -> str | None:
+        """Return the asset id when ``topic`` matches this filter, else None."""
+        filter_levels = self.filter.split("/")
+        topic_levels = topic.split("/")
+        if len(filter_levels) != len(topic_levels):
+            return None
+        for pattern, level in zip(filter_levels, topic_levels, strict=True):
+            if pattern != "+" and pattern != level:
+                return None
+        asset = topic_levels[self.asset_level]
+        return asset or None
+
+
+def make_input_filter(pattern: str, prefix: str, kind: str) -> InputFilter:
+    """Expand ``{prefix}`` and locate the asset level (validated by the settings model)."""
+    expanded = pattern.replace("{prefix}", prefix)
+    levels = expanded.split("/")
+    if levels.count("+") != 1 or "#" in levels:
+        raise ValueError(f"topic filter {expanded!r} must contain exactly one '+' and no '#'")
+    return InputFilter(filter=expanded, kind=kind, asset_level=levels.index("+"))
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Every topic the agent reads or writes, derived from the configuration."""
+
+    prefix: str
+    client_id: str
+    inputs: tuple[InputFilter, ...]
+    shared_group: str | None = None
+
+    def subscriptions(self) -> list[str]:
+        """Filters to subscribe to; a shared group lets N gateways split one stream."""
+        if self.shared_group:
+            return [f"{SHARED_PREFIX}{self.shared_group}/{f.filter}" for f in self.inputs]
+        return [f.filter for f in self.inputs]
+
+    def classify(self, topic: str) -> tuple[str, str] | None:
+        """Map an inbound topic to ``(kind, asset)``; None for topics we did not ask for."""
+        for input_filter in self.inputs:
+            asset = input_filter.match(topic)
+            if asset is not None:
+                return input_filter.kind, asset
+        return None
+
+    def alert(self, asset: str) -> str:
+        return f"{self.prefix}/alerts/{asset}"
+
+    @property
+    def errors(self) -> str:
+        return f"{self.prefix}/errors"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status/{self.client_id}"
+
+    def window(self, asset: str) -> str:
+        """Where the simulator publishes windows for ``asset`` (first window filter)."""
+        return self._input_topic("window", asset)
+
+    def spectrum(self, asset: str) -> str:
+        return self._input_topic("spectrum", asset)
+
+    def _input_topic(self, kind: str, asset: str) -> str:
+        for input_filter in self.inputs:
+            if input_filter.kind == kind:
+                levels = input_filter.filter.split("/")
+                levels[input_filter.asset_level] = asset
+                return "/".join(levels)
+        raise LookupError(f"no {kind} filter configured")
+
+
+def build_topics(
+    prefix: str,
+    client_id: str,
+    window_filters: list[str],
+    spectrum_filters: list[str],
+    shared_group: str | None = None,
+) -> Topics:
+    inputs = [make_input_filter(p, prefix, "window") for p in window_filters]
+    inputs += [make_input_filter(p, prefix, "spectrum") for p in spectrum_filters]
+    return Topics(prefix=prefix, client_id=client_id, inputs=tuple(inputs), shared_group=shared_group)

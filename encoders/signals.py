@@ -1,0 +1,51 @@
+"""The two shapes a measurement takes on its way through the product.
+
+Sensors send either a raw vibration window (time samples) or a magnitude spectrum they
+computed themselves. Both are plain dataclasses over numpy arrays so that the pure DSP
+code, the library builder and the MQTT runtime share them without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from faultline.encoders.geometry import BearingGeometry
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A contiguous block of acceleration samples from one sensor.
+
+    ``rpm`` and ``geometry`` are optional on the wire; the runtime fills them from the
+    asset's configuration, and the encoder estimates speed when neither is known.
+    """
+
+    asset: str
+    ts: float
+    fs: float
+    samples: FloatArray
+    rpm: float | None = None
+    geometry: BearingGeometry | None = None
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SpectrumFrame:
+    """A one-sided magnitude spectrum computed by the sensor (``n_fft//2 + 1`` bins)."""
+
+    asset: str
+    ts: float
+    fs: float
+    n_fft: int
+    magnitude: FloatArray
+    rpm: float | None = None
+    geometry: BearingGeometry | None = None
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+Measurement = Window | SpectrumFrame

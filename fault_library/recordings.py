@@ -1,0 +1,545 @@
+"""Recorded vibration files in, checked float32 signals and windows out.
+
+``diagnose``, ``simulate``, the library builder and the demo all start from a file on
+disk. Reading every format here, with one set of checks and one error type whose
+message names the file and the problem, means a user with a bad file hears what is
+wrong with it instead of a numpy traceback from deep in the pipeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from faultline.encoders.geometry import BearingGeometry, bearing_preset
+from faultline.encoders.signals import Window
+from faultline.fault_library.labels import parse_fault_label
+
+__all__ = [
+    "MIN_SAMPLES",
+    "ManifestEntry",
+    "Recording",
+    "RecordingError",
+    "iter_windows",
+    "read_manifest",
+    "read_mat_channel",
+    "read_recording",
+    "sha256_file",
+    "verify_sha256",
+]
+
+MIN_SAMPLES = 64
+"""Fewer samples than this cannot give even one meaningful spectrum."""
+
+SUPPORTED_SUFFIXES = (".mat", ".npz", ".wav", ".csv")
+_GEOMETRY_KEYS = ("n_balls", "ball_diameter", "pitch_diameter")
+_MANIFEST_REQUIRED = ("path", "record_id", "fault", "fault_diameter_in", "load_hp", "rpm", "fs_hz")
+_F32_MAX = float(np.finfo(np.float32).max)
+
+Float64Array = npt.NDArray[np.float64]
+Float32Array = npt.NDArray[np.float32]
+
+
+class RecordingError(ValueError):
+    """A recording or manifest that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One channel of a recording, with what the file (or the user) says about it."""
+
+    signal: Float32Array
+    fs: float
+    rpm: float | None
+    geometry: BearingGeometry | None
+    source: str
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.signal) / self.fs
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """What a format reader found, before overrides and checks."""
+
+    signal: npt.NDArray[np.generic]
+    fs: float | None
+    rpm: float | None = None
+    geometry: BearingGeometry | None = None
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+def read_recording(
+    path: str | Path,
+    *,
+    fs: float | None = None,
+    rpm: float | None = None,
+    geometry: BearingGeometry | None = None,
+    channel: str = "DE",
+) -> Recording:
+    """Read one channel of ``path``; explicit ``fs``/``rpm``/``geometry`` beat the file.
+
+    ``channel`` names the CWRU channel (``DE``/``FE``/``BA``) or CSV column; for a
+    multi-channel WAV a digit string selects the channel index (else the first is used).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise RecordingError(
+            f"{path}: unsupported file type {suffix or '(none)'!r}; "
+            f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise RecordingError(f"{path}: file not found")
+    if suffix == ".mat":
+        raw = _read_mat(path, channel, need_fs=fs is None)
+    elif suffix == ".npz":
+        raw = _read_npz(path)
+    elif suffix == ".wav":
+        raw = _read_wav(path, channel)
+    else:
+        raw = _read_csv(path, channel)
+
+    meta = dict(raw.meta)
+    if fs is not None:
+        meta["fs_source"] = "argument"
+    elif raw.fs is not None:
+        meta.setdefault("fs_source", "file")
+    fs_final = fs if fs is not None else raw.fs
+    if fs_final is None:
+        raise RecordingError(f"{path}: sampling rate unknown; pass it with --fs (fs=...)")
+    if not (math.isfinite(fs_final) and fs_final > 0):
+        raise RecordingError(f"{path}: sampling rate must be a positive number, got {fs_final}")
+    rpm_final = rpm if rpm is not None else raw.rpm
+    if rpm_final is not None and not (math.isfinite(rpm_final) and rpm_final > 0):
+        raise RecordingError(f"{path}: rpm must be a positive number, got {rpm_final}")
+    signal = _checked_signal(path, raw.signal)
+    return Recording(
+        signal=signal,
+        fs=float(fs_final),
+        rpm=None if rpm_final is None else float(rpm_final),
+        geometry=geometry if geometry is not None else raw.geometry,
+        source=str(path),
+        meta=meta,
+    )
+
+
+def _checked_signal(path: Path, values: npt.NDArray[np.generic]) -> Float32Array:
+    """Reject what would poison a spectrum, on the file's own dtype, then cast."""
+    arr = np.asarray(values)
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.ravel()
+    if arr.ndim != 1:
+        raise RecordingError(f"{path}: signal must be 1-D, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise RecordingError(f"{path}: signal must be real numbers, got dtype {arr.dtype}")
+    if arr.size < MIN_SAMPLES:
+        raise RecordingError(f"{path}: too short: {arr.size} samples, need at least {MIN_SAMPLES}")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            raise RecordingError(
+                f"{path}: non-finite value {arr[bad[0]]} at index {bad[0]} "
+                f"({bad.size} non-finite in total)"
+            )
+        big = np.flatnonzero(np.abs(arr) > _F32_MAX)
+        if big.size:
+            raise RecordingError(f"{path}: value {arr[big[0]]} at index {big[0]} overflows float32")
+    return arr.astype(np.float32)
+
+
+def _scalar(path: Path, name: str, value: object) -> float:
+    try:
+        return float(np.asarray(value).item())
+    except (TypeError, ValueError) as exc:
+        raise RecordingError(f"{path}: {name} must be a single number, got {value!r}") from exc
+
+
+# --- CWRU .mat ------------------------------------------------------------------------
+
+
+def read_mat_channel(path: Path, channel: str = "DE") -> tuple[Float64Array, float | None, str]:
+    """The raw float64 channel of a CWRU file, its RPM and the key it came from.
+
+    Variables are chosen by the record number in the file name (``X105_DE_time`` for
+    ``105.mat``) because some originals carry a second record's arrays (99.mat holds a
+    copy of 98's); the lone ``*_<channel>_time`` key is used only when it is unambiguous.
+    Exposed for tools (the demo deriver) that need the source precision.
+    """
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(str(path))
+    except Exception as exc:  # scipy raises several unrelated types for a bad file
+        raise RecordingError(f"{path}: not a readable MATLAB file ({exc})") from exc
+    suffix = f"_{channel.upper()}_time"
+    keys = sorted(k for k in mat if not k.startswith("__"))
+    number = re.search(r"(\d+)$", path.stem)
+    wanted = f"X{int(number.group(1)):03d}{suffix}" if number else None
+    if wanted is not None and wanted in mat:
+        key = wanted
+    else:
+        candidates = [k for k in keys if k.endswith(suffix)]
+        if len(candidates) != 1:
+            expected = f"{wanted!r} or exactly one " if wanted else "exactly one "
+            raise RecordingError(
+                f"{path}: expected {expected}key ending in {suffix!r}; keys present: "
+                f"{', '.join(keys) or '(none)'}"
+            )
+        key = candidates[0]
+    rpm_key = key[: -len(suffix)] + "RPM"
+    rpm = _scalar(path, rpm_key, mat[rpm_key]) if rpm_key in mat else None
+    signal = np.asarray(mat[key], dtype=np.float64).ravel()
+    return signal, rpm, key
+
+
+def _read_mat(path: Path, channel: str, *, need_fs: bool) -> _Raw:
+    signal, rpm, key = read_mat_channel(path, channel)
+    meta: dict[str, object] = {"format": "mat", "key": key}
+    fs: float | None = None
+    if need_fs:
+        fs, fs_source = _mat_fs(path)
+        meta["fs_source"] = fs_source
+    return _Raw(signal=signal, fs=fs, rpm=rpm, meta=meta)
+
+
+def _mat_fs(path: Path) -> tuple[float, str]:
+    """A .mat file does not store its rate: ask a nearby manifest, then the folder name."""
+    target = path.resolve()
+    for folder in (target.parent, target.parent.parent):
+        if (folder / "manifest.csv").is_file():
+            for entry in read_manifest(folder):
+                if entry.path == target:
+                    return entry.fs, f"manifest {folder / 'manifest.csv'}"
+    folder_rate = re.match(r"(\d+)k(?:_|$)", target.parent.name, re.IGNORECASE)
+    if folder_rate:
+        return float(folder_rate.group(1)) * 1000.0, "folder name"
+    raise RecordingError(
+        f"{path}: sampling rate unknown: a .mat file does not store it, no manifest.csv "
+        "lists it and the folder name is not like '12k_...'; pass it with --fs (fs=...)"
+    )
+
+
+# --- .npz / .wav / .csv -----------------------------------------------------------------
+
+
+def _read_npz(path: Path) -> _Raw:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # zipfile/pickle/format errors: all mean "not a usable npz"
+        raise RecordingError(f"{path}: not a readable .npz file ({exc})") from exc
+    for required in ("signal", "fs"):
+        if required not in data:
+            raise RecordingError(
+                f"{path}: missing key {required!r} (keys present: {', '.join(sorted(data))})"
+            )
+    fs = _scalar(path, "fs", data["fs"])
+    rpm = _scalar(path, "rpm", data["rpm"]) if "rpm" in data else None
+    present = [k for k in _GEOMETRY_KEYS if k in data]
+    bearing = str(data["bearing"].item()) if "bearing" in data else None
+    geometry: BearingGeometry | None = None
+    try:
+        preset = bearing_preset(bearing) if bearing is not None else None
+        if len(present) == len(_GEOMETRY_KEYS):
+            angle = _scalar(path, "contact_angle_deg", data.get("contact_angle_deg", 0.0))
+            geometry = BearingGeometry(
+                n_balls=int(_scalar(path, "n_balls", data["n_balls"])),
+                ball_diameter=_scalar(path, "ball_diameter", data["ball_diameter"]),
+                pitch_diameter=_scalar(path, "pitch_diameter", data["pitch_diameter"]),
+                contact_angle_deg=angle,
+                name=preset.name if preset is not None else "custom",
+            )
+        elif present:
+            missing = [k for k in _GEOMETRY_KEYS if k not in data]
+            raise RecordingError(
+                f"{path}: incomplete bearing geometry: has {', '.join(present)} "
+                f"but not {', '.join(missing)}"
+            )
+        else:
+            geometry = preset
+    except RecordingError:
+        raise
+    except ValueError as exc:
+        raise RecordingError(f"{path}: bad bearing geometry: {exc}") from exc
+    meta: dict[str, object] = {"format": "npz"}
+    skip = {"signal", "fs", "rpm", "bearing", "contact_angle_deg", *_GEOMETRY_KEYS}
+    for key, value in data.items():
+        if key not in skip and value.ndim == 0:
+            meta[key] = value.item()
+    return _Raw(signal=data["signal"], fs=fs, rpm=rpm, geometry=geometry, meta=meta)
+
+
+def _read_wav(path: Path, channel: str) -> _Raw:
+    from scipy.io import wavfile
+
+    try:
+        rate, data = wavfile.read(str(path))
+    except Exception as exc:  # scipy raises ValueError or struct errors for bad headers
+        raise RecordingError(f"{path}: not a readable WAV file ({exc})") from exc
+    data = np.asarray(data)
+    meta: dict[str, object] = {"format": "wav", "wav_dtype": str(data.dtype)}
+    if data.ndim == 2:
+        index = int(channel) if channel.isdigit() else 0
+        if index >= data.shape[1]:
+            raise RecordingError(
+                f"{path}: channel {index} requested but the file has {data.shape[1]} channels"
+            )
+        data = data[:, index]
+        meta["channel"] = index
+    if data.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
+        signal = (data.astype(np.float64) - 128.0) / 128.0
+    elif np.issubdtype(data.dtype, np.integer):
+        signal = data.astype(np.float64) / float(2 ** (8 * data.dtype.itemsize - 1))
+    else:
+        signal = data
+    return _Raw(signal=signal, fs=float(rate), meta=meta)
+
+
+def _read_csv(path: Path, channel: str) -> _Raw:
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row and any(c.strip() for c in row)]
+    if not rows:
+        raise RecordingError(f"{path}: empty CSV file")
+    header: list[str] | None = None
+    if not _is_number(rows[0][0]):
+        header = [c.strip() for c in rows[0]]
+        rows = rows[1:]
+    names = [h.lower() for h in header] if header is not None else []
+    if header is None:
+        if len(rows[0]) != 1:
+            raise RecordingError(
+                f"{path}: {len(rows[0])} columns but no header; give one column of samples "
+                f"or a header naming the signal column ({channel!r}, 'signal' or 'value')"
+            )
+        column = 0
+    else:
+        wanted = (channel.lower(), f"{channel.lower()}_time", "signal", "value")
+        matches = [names.index(w) for w in wanted if w in names]
+        others = [i for i, n in enumerate(names) if n != "time"]
+        if matches:
+            column = matches[0]
+        elif len(others) == 1:
+            column = others[0]
+        else:
+            raise RecordingError(
+                f"{path}: no signal column; expected one named {channel!r}, 'signal' or "
+                f"'value', columns present: {', '.join(header)}"
+            )
+    signal = _csv_column(path, rows, column, header)
+    fs: float | None = None
+    meta: dict[str, object] = {"format": "csv"}
+    if header is not None and "time" in names:
+        fs = _fs_from_time(path, _csv_column(path, rows, names.index("time"), header))
+        meta["fs_source"] = "time column"
+    return _Raw(signal=signal, fs=fs, meta=meta)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_column(
+    path: Path, rows: list[list[str]], column: int, header: list[str] | None
+) -> Float64Array:
+    first_line = 2 if header is not None else 1
+    name = header[column] if header is not None else str(column)
+    out = np.empty(len(rows), dtype=np.float64)
+    for i, row in enumerate(rows):
+        try:
+            out[i] = float(row[column])
+        except (IndexError, ValueError):
+            cell = row[column] if column < len(row) else "(missing)"
+            raise RecordingError(
+                f"{path}: line {first_line + i}, column {name!r}: not a number: {cell!r}"
+            ) from None
+    return out
+
+
+def _fs_from_time(path: Path, time: Float64Array) -> float:
+    """Derive fs from a time column, refusing one that is not evenly spaced."""
+    if time.size < 2 or not np.all(np.isfinite(time)):
+        raise RecordingError(f"{path}: time column must hold at least 2 finite values")
+    steps = np.diff(time)
+    step = float(np.median(steps))
+    if step <= 0 or float(np.max(np.abs(steps - step))) > 0.01 * step:
+        raise RecordingError(f"{path}: time column is not evenly increasing; pass --fs")
+    return 1.0 / step
+
+
+# --- windows ------------------------------------------------------------------------------
+
+
+def iter_windows(
+    rec: Recording,
+    asset: str,
+    *,
+    window_s: float = 1.0,
+    hop_s: float | None = None,
+    start_s: float = 0.0,
+    stop_s: float | None = None,
+    ts0: float = 0.0,
+) -> Iterator[Window]:
+    """Cut ``rec`` into windows as a sensor would send them (arguments checked at once).
+
+    Only whole windows are produced; a tail shorter than ``window_s`` is dropped.
+    """
+    n = round(window_s * rec.fs)
+    hop = round((window_s if hop_s is None else hop_s) * rec.fs)
+    start = round(start_s * rec.fs)
+    stop = len(rec.signal) if stop_s is None else min(len(rec.signal), round(stop_s * rec.fs))
+    if n < 1 or hop < 1:
+        raise ValueError(f"window_s and hop_s must cover at least one sample at {rec.fs} Hz")
+    if start < 0:
+        raise ValueError(f"start_s must be >= 0, got {start_s}")
+    if stop - start < n:
+        raise RecordingError(
+            f"{rec.source}: {max(stop - start, 0) / rec.fs:.3f} s available from "
+            f"{start_s} s, shorter than one {window_s} s window"
+        )
+    return _windows(rec, asset, range(start, stop - n + 1, hop), n, ts0)
+
+
+def _windows(rec: Recording, asset: str, starts: range, n: int, ts0: float) -> Iterator[Window]:
+    for i in starts:
+        offset = i / rec.fs
+        yield Window(
+            asset=asset,
+            ts=ts0 + offset,
+            fs=rec.fs,
+            samples=rec.signal[i : i + n].copy(),
+            rpm=rec.rpm,
+            geometry=rec.geometry,
+            meta={"source": rec.source, "offset_s": offset},
+        )
+
+
+# --- manifests ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One row of a CWRU-style ``manifest.csv``; unknown columns land in ``meta``."""
+
+    path: Path
+    record_id: str
+    label: str
+    fault_size_in: float
+    load_hp: int | None
+    rpm: float | None
+    fs: float
+    sha256: str | None
+    bearing: str = "6205"
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+def read_manifest(data_dir: str | Path) -> list[ManifestEntry]:
+    """Parse ``<data_dir>/manifest.csv``; paths come back absolute (not checked to exist)."""
+    data_dir = Path(data_dir).resolve()
+    manifest = data_dir / "manifest.csv"
+    if not manifest.is_file():
+        raise RecordingError(f"{manifest}: file not found")
+    with manifest.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in _MANIFEST_REQUIRED if c not in columns]
+        if missing:
+            raise RecordingError(f"{manifest}: missing column(s) {', '.join(missing)}")
+        entries: list[ManifestEntry] = []
+        seen: set[str] = set()
+        for number, raw_row in enumerate(reader, start=1):
+            row = {k.strip(): (v or "").strip() for k, v in raw_row.items() if k is not None}
+            entry = _manifest_row(manifest, number, row)
+            if entry.record_id in seen:
+                raise RecordingError(
+                    f"{manifest}: row {number}, column 'record_id': duplicate {entry.record_id!r}"
+                )
+            seen.add(entry.record_id)
+            entries.append(entry)
+    return entries
+
+
+def _manifest_row(manifest: Path, number: int, row: dict[str, str]) -> ManifestEntry:
+    def fail(column: str, problem: str) -> RecordingError:
+        return RecordingError(f"{manifest}: row {number}, column {column!r}: {problem}")
+
+    def number_of(column: str, *, optional: bool = False, positive: bool = False) -> float | None:
+        text = row.get(column, "")
+        if not text:
+            if optional:
+                return None
+            raise fail(column, "empty")
+        try:
+            value = float(text)
+        except ValueError:
+            raise fail(column, f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise fail(column, f"must be {'positive' if positive else '>= 0'}, got {text!r}")
+        return value
+
+    if not row["path"]:
+        raise fail("path", "empty")
+    if not row["record_id"]:
+        raise fail("record_id", "empty")
+    try:
+        label = parse_fault_label(row["fault"])
+    except ValueError as exc:
+        raise fail("fault", str(exc)) from None
+    load = number_of("load_hp", optional=True)
+    if load is not None and load != int(load):
+        raise fail("load_hp", f"must be a whole number, got {row['load_hp']!r}")
+    sha = row.get("sha256", "").lower() or None
+    if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise fail("sha256", f"not a SHA-256 hex digest: {sha!r}")
+    bearing = row.get("bearing", "") or "6205"
+    try:
+        bearing_preset(bearing)
+    except ValueError as exc:
+        raise fail("bearing", str(exc)) from None
+    fs = number_of("fs_hz", positive=True)
+    if fs is None:  # unreachable (not optional); narrows the type
+        raise fail("fs_hz", "empty")
+    known = {*_MANIFEST_REQUIRED, "sha256", "bearing"}
+    return ManifestEntry(
+        path=(manifest.parent / row["path"]).resolve(),
+        record_id=row["record_id"],
+        label=label,
+        fault_size_in=number_of("fault_diameter_in", optional=True) or 0.0,
+        load_hp=None if load is None else int(load),
+        rpm=number_of("rpm", optional=True, positive=True),
+        fs=fs,
+        sha256=sha,
+        bearing=bearing,
+        meta={k: v for k, v in row.items() if k not in known},
+    )
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks so large recordings never sit in memory."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(entry: ManifestEntry) -> bool:
+    """Whether the file still has the bytes the manifest recorded."""
+    if entry.sha256 is None:
+        raise RecordingError(f"{entry.path}: the manifest records no sha256 to verify against")
+    if not entry.path.is_file():
+        raise RecordingError(f"{entry.path}: file not found")
+    return sha256_file(entry.path) == entry.sha256
