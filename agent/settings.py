@@ -1,0 +1,337 @@
+"""The one configuration model of the agent, and the loader that fills it.
+
+Every key has a default, bounds and a description, and unknown keys are rejected, so a
+typo on a gateway fails loudly at start-up instead of silently running on a default.
+Values come, in rising precedence, from the model defaults, the packaged
+``config/default.yaml`` (which mirrors them; a test keeps the two equal), a user YAML file
+(argument or ``FAULTLINE_CONFIG``) and ``FAULTLINE__SECTION__KEY`` environment variables,
+which is how balena device variables reach the agent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from faultline.agent.settings_errors import ConfigError, ConfigProblem, KeyedValueError
+from faultline.agent.settings_sources import CONFIG_ENV, load_layered
+from faultline.encoders.geometry import BEARING_PRESETS, BearingGeometry, bearing_preset
+
+__all__ = [
+    "CONFIG_ENV", "AssetSettings", "ConfigError", "ConfigProblem", "EncoderSettings",
+    "GeometrySettings", "LibrarySettings", "LimitSettings", "MqttSettings", "PipelineSettings",
+    "Settings", "TopicSettings", "VerdictSettings", "check_config", "default_yaml_text",
+    "load_settings",
+]
+
+_CLIENT_ID_MAX = 64
+
+
+class _Section(BaseModel):
+    # Numbers coerce to text so `username: 1234` works; NaN/inf never make sense here.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True)
+
+
+def _ordered(section: BaseModel, low: str, high: str) -> None:
+    lo, hi = getattr(section, low), getattr(section, high)
+    if hi < lo:
+        raise KeyedValueError((high,), f"a value >= {low} ({lo})", hi)
+
+
+class MqttSettings(_Section):
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253,
+                      description="Broker host name or IP address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port.")
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version.")
+    client_id: str | None = Field(default=None, min_length=1, max_length=128,
+                                  description="Explicit client id; unset: one per gateway.")
+    username: str | None = Field(default=None, max_length=1024, description="Broker user.")
+    password: SecretStr | None = Field(default=None, description="Broker password (not logged).")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="Keep-alive interval, s.")
+    session_expiry_s: int = Field(default=3600, ge=0, le=4_294_967_295,
+                                  description="How long the broker keeps our session (and "
+                                  "queues QoS>0 messages) while we are away, s.")
+    clean_start: bool = Field(default=False, description="Discard the old session at connect.")
+    qos: Literal[0, 1, 2] = Field(default=1, description="QoS of subscriptions and alerts.")
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=3600,
+                                   description="First reconnect delay; doubles with jitter.")
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=86400,
+                                   description="Largest reconnect delay; >= reconnect_min_s.")
+    max_inflight: int = Field(default=20, ge=1, le=65535, description="QoS>0 messages in flight.")
+    max_queued_messages: int = Field(default=10000, ge=0, le=10_000_000,
+                                     description="Outgoing messages paho keeps in memory while "
+                                     "offline (0: unbounded).")
+    tls: bool = Field(default=False, description="Connect with TLS.")
+    ca_certs: Path | None = Field(default=None, description="CA bundle for TLS; unset: system.")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: Any) -> Any:
+        # YAML and env give `5` as an int and `5.0` as a float; both mean MQTT 5.
+        numeric = isinstance(value, int | float | str) and not isinstance(value, bool)
+        if numeric and str(value).strip() in ("5", "5.0"):
+            return "5"
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttSettings:
+        _ordered(self, "reconnect_min_s", "reconnect_max_s")
+        return self
+
+
+_FILTER_FORM = "a topic filter with exactly one '+' level (the asset id), no '#' and no leading '$'"
+
+
+def _check_filter(value: str) -> str:
+    levels = value.split("/")
+    if levels.count("+") != 1 or any("+" in lv and lv != "+" for lv in levels) or "#" in value \
+            or value.startswith("$"):
+        raise ValueError(_FILTER_FORM)
+    return value
+
+
+Filter = Annotated[
+    str, StringConstraints(min_length=1, max_length=512), AfterValidator(_check_filter)
+]
+
+
+class TopicSettings(_Section):
+    prefix: str = Field(default="faultline", min_length=1, max_length=200,
+                        description="Root of every topic the agent publishes; '{prefix}' in "
+                        "a filter expands to it.")
+    window_filters: list[Filter] = Field(default=["{prefix}/sensors/+/window"], max_length=32,
+                                         description="Raw window inputs; '+' is the asset id.")
+    spectrum_filters: list[Filter] = Field(default=["{prefix}/sensors/+/spectrum"], max_length=32,
+                                           description="Spectrum inputs; '+' is the asset id.")
+    shared_group: str | None = Field(default=None, min_length=1, max_length=64,
+                                     description="Subscribe as $share/<group>/<filter> so N "
+                                     "gateways split the load.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_form(cls, value: str) -> str:
+        if "+" in value or "#" in value or value.startswith(("$", "/")) or value.endswith("/"):
+            raise ValueError(
+                "a topic prefix without '+', '#', a leading '$' or a leading or trailing '/'"
+            )
+        return value
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group_form(cls, value: str | None) -> str | None:
+        if value is not None and any(c in value for c in "/+#"):
+            raise ValueError("a share group name without '/', '+' or '#'")
+        return value
+
+    @field_validator("window_filters", "spectrum_filters", mode="before")
+    @classmethod
+    def _one_filter(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _some_input(self) -> TopicSettings:
+        if not self.window_filters and not self.spectrum_filters:
+            raise KeyedValueError(("window_filters",), "at least one window or spectrum filter", [])
+        return self
+
+
+class LimitSettings(_Section):
+    max_payload_bytes: int = Field(default=2_097_152, ge=256, le=16_777_216,
+                                   description="Larger MQTT payloads are rejected unread.")
+    min_samples: int = Field(default=1024, ge=64, le=4_194_304,
+                             description="Fewest samples a window may carry.")
+    max_samples: int = Field(default=480_000, ge=64, le=4_194_304,
+                             description="Most samples a window may carry; >= min_samples.")
+    min_fs: float = Field(default=1000.0, gt=0, le=10_000_000, description="Lowest rate, Hz.")
+    max_fs: float = Field(default=200_000.0, gt=0, le=10_000_000,
+                          description="Highest sampling rate, Hz; >= min_fs.")
+    min_rpm: float = Field(default=30.0, gt=0, le=1_000_000, description="Lowest shaft speed.")
+    max_rpm: float = Field(default=60_000.0, gt=0, le=1_000_000,
+                           description="Highest plausible shaft speed, rpm; >= min_rpm.")
+    max_spectrum_bins: int = Field(default=262_145, ge=16, le=4_194_305,
+                                   description="Most magnitude bins a spectrum may carry.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> LimitSettings:
+        _ordered(self, "min_samples", "max_samples")
+        _ordered(self, "min_fs", "max_fs")
+        _ordered(self, "min_rpm", "max_rpm")
+        return self
+
+
+class PipelineSettings(_Section):
+    queue_size: int = Field(default=256, ge=1, le=100_000,
+                            description="Windows waiting for a worker; beyond it intake rejects.")
+    batch_max: int = Field(default=32, ge=1, le=1024, description="Most windows per batch.")
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000,
+                                 description="How long a worker waits to fill a batch, ms.")
+    workers: int = Field(default=1, ge=1, le=8, description="Worker threads.")
+    drain_timeout_s: float = Field(default=10.0, ge=0, le=600,
+                                   description="Time allowed at stop to finish in-flight windows.")
+    top_k: int = Field(default=10, ge=1, le=100, description="Neighbours retrieved per window.")
+
+
+class EncoderSettings(_Section):
+    target_fs: float = Field(default=12_000.0, ge=1000, le=200_000,
+                             description="Rate windows are resampled to before encoding, Hz.")
+    window_s: float = Field(default=1.0, ge=0.1, le=10, description="Encoder window length, s.")
+
+
+class LibrarySettings(_Section):
+    path: Path | None = Field(default=None, description="Library; unset: <data_dir>/library.")
+    rebuild: bool = Field(default=False, description="Rebuild the library at start-up.")
+
+
+class VerdictSettings(_Section):
+    min_similarity: float = Field(default=0.5, ge=-1, le=1,
+                                  description="Below this best similarity: unknown (novel).")
+    min_confidence: float = Field(default=0.5, ge=0, le=1,
+                                  description="Below this vote share: unknown (ambiguous).")
+
+
+class GeometrySettings(_Section):
+    n_balls: int = Field(ge=3, le=100, description="Rolling elements.")
+    ball_diameter: float = Field(gt=0, le=10_000, description="Ball diameter (unit of pitch).")
+    pitch_diameter: float = Field(gt=0, le=100_000, description="Pitch diameter; > ball_diameter.")
+    contact_angle_deg: float = Field(default=0.0, ge=0, lt=90, description="Contact angle, deg.")
+
+    @model_validator(mode="after")
+    def _ball_fits(self) -> GeometrySettings:
+        if self.pitch_diameter <= self.ball_diameter:
+            raise KeyedValueError(("pitch_diameter",), f"a number greater than ball_diameter "
+                                  f"({self.ball_diameter})", self.pitch_diameter)
+        return self
+
+
+class AssetSettings(_Section):
+    rpm: float | None = Field(default=None, gt=0, le=1_000_000,
+                              description="Shaft speed when messages carry none.")
+    bearing: str | None = Field(default=None, max_length=64, description="Bearing preset name.")
+    geometry: GeometrySettings | None = Field(default=None,
+                                              description="Bearing geometry; wins over bearing.")
+    description: str = Field(default="", max_length=500, description="Free text for people.")
+
+    @field_validator("bearing")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                bearing_preset(value)
+            except ValueError:
+                known = ", ".join(sorted(BEARING_PRESETS))
+                raise ValueError(f"a known bearing preset: {known}") from None
+        return value
+
+    def bearing_geometry(self) -> BearingGeometry | None:
+        """The geometry to use for this asset: explicit numbers first, then the preset."""
+        if self.geometry is not None:
+            g = self.geometry
+            return BearingGeometry(
+                g.n_balls, g.ball_diameter, g.pitch_diameter, g.contact_angle_deg
+            )
+        return bearing_preset(self.bearing) if self.bearing is not None else None
+
+
+AssetId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+]
+
+
+class Settings(_Section):
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    topics: TopicSettings = Field(default_factory=TopicSettings, description="Topic names.")
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="Payload bounds.")
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings,
+                                       description="Queues, batching and workers.")
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings, description="Encoder.")
+    library: LibrarySettings = Field(default_factory=LibrarySettings, description="Library.")
+    verdict: VerdictSettings = Field(default_factory=VerdictSettings,
+                                     description="When a verdict is unknown.")
+    assets: dict[AssetId, AssetSettings] = Field(default={}, max_length=100_000,
+                                                 description="Per-asset speed and bearing, "
+                                                 "keyed by the asset id in the topic.")
+    data_dir: Path | None = Field(default=None, description="State folder; unset: "
+                                  "$XDG_DATA_HOME/faultline or ~/.local/share/faultline.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO",
+                                                                    description="Log level.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        # Accept `info`, but report a wrong level exactly as written.
+        if isinstance(value, str) and value.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            return value.upper()
+        return value
+
+    def resolved_client_id(self, env: Mapping[str, str] | None = None) -> str:
+        """Stable per gateway so the broker resumes our session after a restart."""
+        if self.mqtt.client_id:
+            return self.mqtt.client_id
+        env = os.environ if env is None else env
+        uuid = env.get("BALENA_DEVICE_UUID", "").strip()
+        base = uuid[:12] if uuid else socket.gethostname()
+        base = re.sub(r"[^A-Za-z0-9_-]", "-", base).strip("-") or "gateway"
+        return f"faultline-{base}"[:_CLIENT_ID_MAX]
+
+    def resolved_data_dir(self, env: Mapping[str, str] | None = None) -> Path:
+        """Configured data_dir, else the XDG data home (absolute only, per the spec)."""
+        if self.data_dir is not None:
+            return self.data_dir.expanduser()
+        xdg = (os.environ if env is None else env).get("XDG_DATA_HOME", "")
+        root = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+        return root / "faultline"
+
+    def resolved_library_path(self, env: Mapping[str, str] | None = None) -> Path:
+        if self.library.path is not None:
+            return self.library.path.expanduser()
+        return self.resolved_data_dir(env) / "library"
+
+
+def default_yaml_text() -> str:
+    return (files("faultline.config") / "default.yaml").read_text(encoding="utf-8")
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate; raises ConfigError listing every problem with its source."""
+    return load_layered(Settings, default_yaml_text(), path, os.environ if env is None else env)[0]
+
+
+def check_config(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """Validate ``path`` (plus env overrides) for ``faultline check-config``: (ok, text)."""
+    env = os.environ if env is None else env
+    try:
+        s, n_env = load_layered(Settings, default_yaml_text(), path, env)
+    except ConfigError as exc:
+        count = len(exc.problems)
+        return False, f"{path}: invalid configuration ({count} problem{'s' * (count != 1)}):\n{exc}"
+    m, t = s.mqtt, s.topics
+    share = f" (shared group {t.shared_group})" if t.shared_group else ""
+    filters = t.window_filters + t.spectrum_filters
+    inputs = ", ".join(f.replace("{prefix}", t.prefix) for f in filters)
+    assets = f" ({', '.join(sorted(s.assets)[:8])})" if s.assets else ""
+    lines = [
+        f"{path}: configuration OK",
+        f"  broker:  {'mqtts' if m.tls else 'mqtt'}://{m.host}:{m.port} (MQTT {m.protocol}, "
+        f"client id {s.resolved_client_id(env)}, QoS {m.qos})",
+        f"  topics:  {inputs}{share}",
+        f"  assets:  {len(s.assets)}{assets}",
+        f"  library: {s.resolved_library_path(env)}",
+        f"  environment overrides: {n_env}",
+    ]
+    return True, "\n".join(lines)
