@@ -33,6 +33,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+
 from faultline.encoders.signals import FloatArray
 
 MAGIC = b"FLW1"

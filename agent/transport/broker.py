@@ -318,7 +318,7 @@ class AmqttBroker:
         try:
             future.result(timeout)
         except Exception:
-            log.warning("amqtt shutdown on port %d did not finish cleanly", self.port, exc_info=True)
+            log.warning("amqtt on port %d did not shut down cleanly", self.port, exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
         if not thread.is_alive():

@@ -11,8 +11,12 @@ Inbound (asset id comes from the topic, never from the payload):
   "bearing"?}``.
 
 Every rejection is a ``PayloadError`` with a stable ``code`` (counted and published on the
-errors topic) and a ``message`` precise enough to fix the sensor without a debugger.
-The byte limit is checked before parsing so an oversized message costs nothing.
+errors topic) and a ``message`` precise enough to fix the sensor without a debugger:
+oversized, malformed_json, not_an_object, missing_field, wrong_type, non_finite,
+too_few_samples, too_many_samples, bad_fs, bad_rpm, bad_timestamp, binary_length,
+binary_header, bad_spectrum_length, unknown_bearing. The byte limit is checked before
+parsing so an oversized message costs nothing; booleans are not numbers; NaN/Infinity
+(which Python's json accepts) are rejected with the index of the first bad value.
 
 Outbound: windows and spectra (simulator), alerts (``faultline.alert/1``) and rejections
 (``faultline.error/1``).
@@ -31,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
 from faultline.agent.transport import binary_format
 from faultline.encoders.geometry import BEARING_PRESETS, BearingGeometry, bearing_preset
 from faultline.encoders.signals import FloatArray, SpectrumFrame, Window
@@ -54,6 +59,7 @@ ALERT_SCHEMA = "faultline.alert/1"
 ERROR_SCHEMA = "faultline.error/1"
 MAX_TS = 7258118400.0  # 2200-01-01T00:00:00Z: beyond it a "seconds" value is really ms or µs
 _F32_MAX = float(np.finfo(np.float32).max)
+_MIN_MS_HINT = 946684800.0  # 2000-01-01: only then is "you sent milliseconds" a likely story
 
 
 class PayloadError(ValueError):
@@ -120,7 +126,7 @@ def decode_spectrum(asset: str, payload: bytes, limits: PayloadLimits) -> Spectr
     if n_fft < 2 or bins > limits.max_spectrum_bins:
         raise PayloadError(
             "bad_spectrum_length",
-            f"n_fft={n_fft:,} gives {bins:,} bins, allowed 2..{limits.max_spectrum_bins:,}",
+            f"n_fft={n_fft:,} gives {bins:,} bins; allowed is 2 to {limits.max_spectrum_bins:,}",
         )
     if len(values) != bins:
         raise PayloadError(
@@ -167,17 +173,12 @@ def _parse_object(payload: bytes) -> dict[str, Any]:
     return obj
 
 
+_KINDS = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string"}
+
+
 def _kind(value: object) -> str:
     """JSON's name for a decoded value's type, as a sensor author would write it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
+    return _KINDS.get(type(value), "array" if isinstance(value, list) else "object")
 
 
 def _number(obj: dict[str, Any], name: str) -> float:
@@ -206,7 +207,7 @@ def _bearing(obj: dict[str, Any]) -> BearingGeometry | None:
 
 def _check_ts(ts: float) -> float:
     if not 0 < ts < MAX_TS:
-        hint = " (milliseconds? send seconds)" if 0 < ts / 1000 < MAX_TS else ""
+        hint = " (milliseconds? send seconds)" if _MIN_MS_HINT < ts / 1000 < MAX_TS else ""
         raise PayloadError(
             "bad_timestamp",
             f"ts {ts!r} is not unix seconds between 1970 and 2200{hint}",
@@ -215,19 +216,19 @@ def _check_ts(ts: float) -> float:
 
 
 def _check_fs(fs: float, limits: PayloadLimits) -> float:
-    if not limits.min_fs <= fs <= limits.max_fs:
-        raise PayloadError(
-            "bad_fs", f"fs {fs:g} Hz is outside [{limits.min_fs:g}, {limits.max_fs:g}] Hz"
-        )
-    return fs
+    return _check_range("bad_fs", "fs", fs, limits.min_fs, limits.max_fs, unit=" Hz")
 
 
 def _check_rpm(rpm: float, limits: PayloadLimits) -> float:
-    if not limits.min_rpm <= rpm <= limits.max_rpm:
-        raise PayloadError(
-            "bad_rpm", f"rpm {rpm:g} is outside [{limits.min_rpm:g}, {limits.max_rpm:g}]"
-        )
-    return rpm
+    return _check_range("bad_rpm", "rpm", rpm, limits.min_rpm, limits.max_rpm)
+
+
+def _check_range(
+    code: str, name: str, value: float, low: float, high: float, *, unit: str = ""
+) -> float:
+    if not low <= value <= high:  # also rejects NaN
+        raise PayloadError(code, f"{name} {value:g}{unit} is outside [{low:g}, {high:g}]{unit}")
+    return value
 
 
 def _check_count(n: int, limits: PayloadLimits) -> None:
@@ -264,7 +265,8 @@ def _to_float32(values: list[Any], name: str) -> FloatArray:
     try:
         array = np.asarray(values, dtype=np.float64)
     except OverflowError:  # an integer literal beyond float64
-        array = np.array([float(v) if abs(v) < 1e308 else math.inf for v in values])
+        inf = [math.inf if v > 0 else -math.inf for v in values]
+        array = np.array([float(v) if abs(v) < 1e308 else inf[i] for i, v in enumerate(values)])
     _check_values(array, name)
     return array.astype(np.float32)
 
@@ -352,27 +354,13 @@ class AlertRecord:
 
 def encode_alert(rec: AlertRecord) -> bytes:
     """JSON alert; raises ValueError on NaN/Infinity (a bug upstream, never valid JSON)."""
-    body = {
-        "schema": ALERT_SCHEMA,
-        "message_id": rec.message_id,
-        "seq": rec.seq,
-        "agent_id": rec.agent_id,
-        "asset": rec.asset,
-        "input_kind": rec.input_kind,
-        "window_ts": rec.window_ts,
-        "emitted_at": rec.emitted_at,
-        "label": rec.label,
-        "confidence": round(rec.confidence, 4),
-        "reason": rec.reason,
-        "neighbours": [
-            {"id": nid, "label": label, "score": round(score, 4)}
-            for nid, label, score in rec.neighbours
-        ],
-        "rpm": None if rec.rpm is None else round(rec.rpm, 3),
-        "rpm_source": rec.rpm_source,
-        "latency_ms": round(rec.latency_ms, 3),
-        "library_version": rec.library_version,
-    }
+    body = {"schema": ALERT_SCHEMA, **vars(rec)}
+    body["confidence"] = round(rec.confidence, 4)
+    body["latency_ms"] = round(rec.latency_ms, 3)
+    body["neighbours"] = [
+        {"id": nid, "label": label, "score": round(score, 4)}
+        for nid, label, score in rec.neighbours
+    ]
     return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
 
 
@@ -390,16 +378,7 @@ class ErrorRecord:
 
 
 def encode_error(rec: ErrorRecord) -> bytes:
-    body = {
-        "schema": ERROR_SCHEMA,
-        "seq": rec.seq,
-        "agent_id": rec.agent_id,
-        "topic": rec.topic,
-        "asset": rec.asset,
-        "code": rec.code,
-        "reason": rec.reason,
-        "ts": rec.ts,
-    }
+    body = {"schema": ERROR_SCHEMA, **vars(rec)}
     return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
 
 

@@ -28,7 +28,7 @@ class InputFilter:
         if len(filter_levels) != len(topic_levels):
             return None
         for pattern, level in zip(filter_levels, topic_levels, strict=True):
-            if pattern != "+" and pattern != level:
+            if pattern not in ("+", level):
                 return None
         asset = topic_levels[self.asset_level]
         return asset or None
@@ -102,4 +102,6 @@ def build_topics(
 ) -> Topics:
     inputs = [make_input_filter(p, prefix, "window") for p in window_filters]
     inputs += [make_input_filter(p, prefix, "spectrum") for p in spectrum_filters]
-    return Topics(prefix=prefix, client_id=client_id, inputs=tuple(inputs), shared_group=shared_group)
+    return Topics(
+        prefix=prefix, client_id=client_id, inputs=tuple(inputs), shared_group=shared_group
+    )
