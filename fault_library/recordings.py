@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
 from faultline.encoders.geometry import BearingGeometry, bearing_preset
 from faultline.encoders.signals import Window
 from faultline.fault_library.labels import parse_fault_label
@@ -151,9 +152,12 @@ def _checked_signal(path: Path, values: npt.NDArray[np.generic]) -> Float32Array
                 f"{path}: non-finite value {arr[bad[0]]} at index {bad[0]} "
                 f"({bad.size} non-finite in total)"
             )
-        big = np.flatnonzero(np.abs(arr) > _F32_MAX)
-        if big.size:
-            raise RecordingError(f"{path}: value {arr[big[0]]} at index {big[0]} overflows float32")
+        if arr.dtype.itemsize > 4:  # only wider floats can overflow float32
+            big = np.flatnonzero(np.abs(arr) > _F32_MAX)
+            if big.size:
+                raise RecordingError(
+                    f"{path}: value {arr[big[0]]} at index {big[0]} overflows float32"
+                )
     return arr.astype(np.float32)
 
 
@@ -219,7 +223,7 @@ def _mat_fs(path: Path) -> tuple[float, str]:
         if (folder / "manifest.csv").is_file():
             for entry in read_manifest(folder):
                 if entry.path == target:
-                    return entry.fs, f"manifest {folder / 'manifest.csv'}"
+                    return entry.fs, "manifest"
     folder_rate = re.match(r"(\d+)k(?:_|$)", target.parent.name, re.IGNORECASE)
     if folder_rate:
         return float(folder_rate.group(1)) * 1000.0, "folder name"
@@ -393,9 +397,11 @@ def iter_windows(
     stop_s: float | None = None,
     ts0: float = 0.0,
 ) -> Iterator[Window]:
-    """Cut ``rec`` into windows as a sensor would send them (arguments checked at once).
+    """Cut ``rec`` into windows as a sensor would send them.
 
-    Only whole windows are produced; a tail shorter than ``window_s`` is dropped.
+    Only whole windows are produced: a tail shorter than ``window_s`` is dropped, and a
+    span shorter than one window yields nothing (callers report that in their own terms).
+    Bad arguments raise ``ValueError`` at call time, not on the first ``next()``.
     """
     n = round(window_s * rec.fs)
     hop = round((window_s if hop_s is None else hop_s) * rec.fs)
@@ -405,11 +411,6 @@ def iter_windows(
         raise ValueError(f"window_s and hop_s must cover at least one sample at {rec.fs} Hz")
     if start < 0:
         raise ValueError(f"start_s must be >= 0, got {start_s}")
-    if stop - start < n:
-        raise RecordingError(
-            f"{rec.source}: {max(stop - start, 0) / rec.fs:.3f} s available from "
-            f"{start_s} s, shorter than one {window_s} s window"
-        )
     return _windows(rec, asset, range(start, stop - n + 1, hop), n, ts0)
 
 
