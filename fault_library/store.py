@@ -61,8 +61,18 @@ COLUMNS: Final[dict[str, type]] = {
     "description": str,
 }
 _REQUIRED: Final[frozenset[str]] = frozenset(
-    {"id", "view", "row_index", "label", "source", "record_id", "offset_s", "window_s",
-     "model_id", "description"}
+    {
+        "id",
+        "view",
+        "row_index",
+        "label",
+        "source",
+        "record_id",
+        "offset_s",
+        "window_s",
+        "model_id",
+        "description",
+    }
 )
 _NULLABLE: Final[frozenset[str]] = frozenset(COLUMNS) - _REQUIRED
 
@@ -191,12 +201,17 @@ class SignatureStore:
 
     def _explain_conflict(self, rows: Sequence[Mapping[str, Any]], exc: Exception) -> str:
         ids = [r["id"] for r in rows]
-        taken = self._conn.execute(
-            "SELECT id FROM signatures WHERE id IN (SELECT value FROM json_each(?)) LIMIT 3",
+        found = self._conn.execute(
+            "SELECT id FROM signatures WHERE id IN (SELECT value FROM json_each(?))",
             (_json_list(ids),),
         ).fetchall()
+        taken = {t[0] for t in found}
         if taken:
-            return f"duplicate signature id(s) already in the store: {', '.join(t[0] for t in taken)}"
+            first = [i for i in ids if i in taken]
+            more = ", ..." if len(first) > 3 else ""
+            return (
+                f"{len(first)} signature id(s) already in the store: {', '.join(first[:3])}{more}"
+            )
         return f"rows clash on (view, row_index): {exc}"
 
     def set_meta(self, key: str, value: str) -> None:

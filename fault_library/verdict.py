@@ -30,6 +30,7 @@ Aggregating (``aggregate``)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,6 +64,11 @@ def _ranked(tally: dict[str, float]) -> list[tuple[str, float]]:
     return sorted(tally.items(), key=lambda item: (-item[1], item[0]))
 
 
+def _tied(ranked: list[tuple[str, float]]) -> bool:
+    """A tie for first place is ambiguous whatever the threshold: only the name decides it."""
+    return len(ranked) > 1 and math.isclose(ranked[0][1], ranked[1][1], rel_tol=1e-9)
+
+
 def decide(
     labels: Sequence[str],
     scores: Sequence[float],
@@ -94,7 +100,7 @@ def decide(
         support = min(1.0, (min_similarity - top) / (min_similarity + 1.0))
         reason = f"novel: best similarity {top:.2f} < {min_similarity:.2f}"
         return Verdict(UNKNOWN, support, reason, top)
-    if share < min_confidence:
+    if share < min_confidence or _tied(ranked):
         runner_up = ranked[1]  # share < 1 implies at least two classes
         reason = f"ambiguous: {winner} {share:.2f} vs {runner_up[0]} {runner_up[1]:.2f}"
         return Verdict(UNKNOWN, 1.0 - share, reason, top)
@@ -112,7 +118,7 @@ def aggregate(verdicts: Sequence[Verdict], *, min_confidence: float = 0.5) -> Ve
         tally[v.label] = tally.get(v.label, 0.0) + max(v.confidence, 0.0)
     total = sum(tally.values())
     if total <= 0.0:  # every window had zero confidence: fall back to a head count
-        tally = {label: 0.0 for label in tally}
+        tally = dict.fromkeys(tally, 0.0)
         for v in verdicts:
             tally[v.label] += 1.0
         total = float(len(verdicts))
@@ -124,11 +130,10 @@ def aggregate(verdicts: Sequence[Verdict], *, min_confidence: float = 0.5) -> Ve
         example = max(voters, key=lambda v: v.confidence).reason
         reason = f"{len(voters)} of {len(verdicts)} windows unknown; e.g. {example}"
         return Verdict(UNKNOWN, share, reason, max(v.top_score for v in verdicts))
-    if share < min_confidence:
+    if share < min_confidence or _tied(ranked):
         runner_up = ranked[1]
         reason = (
-            f"ambiguous across windows: {winner} {share:.2f} vs {runner_up[0]} "
-            f"{runner_up[1]:.2f}"
+            f"ambiguous across windows: {winner} {share:.2f} vs {runner_up[0]} {runner_up[1]:.2f}"
         )
         return Verdict(UNKNOWN, 1.0 - share, reason, top)
     return Verdict(winner, share, None, top)
