@@ -267,7 +267,7 @@ class Agent:
             log.exception("could not publish the rejection of %s", topic)
 
     def _status_fields(self) -> dict[str, object]:
-        info = self._library.info()
+        views = self._library.info().get("views", {})
         return {
             "agent": self.client_id,
             "version": __version__,
@@ -275,8 +275,8 @@ class Agent:
             "library": {
                 "version": self._library.version,
                 "model_id": self._library.model_id,
-                "signatures": info.get("count", info.get("counts")),
-                "index": info.get("index"),
+                "signatures": {view: v.get("count") for view, v in views.items()},
+                "index": {view: v.get("index") for view, v in views.items()},
             },
             "topics": {"alerts": self.topics.alert("+"), "errors": self.topics.errors},
         }
@@ -296,4 +296,4 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 
 def default_library_root(settings: Settings) -> Path:
-    return settings.library.path or settings.resolved_data_dir() / "library"
+    return settings.resolved_library_path()

@@ -41,6 +41,9 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The embedded amqtt broker and its state machine log every state change at INFO.
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,9 @@ def load_or_build_library(
         except FileNotFoundError:
             log.info("no fault library at %s yet: building the default one from the demo set", root)
         except LibraryError as exc:
-            log.warning("fault library at %s is unusable (%s): rebuilding the default one", root, exc)
+            log.warning(
+                "fault library at %s is unusable (%s): rebuilding the default one", root, exc
+            )
     entries = read_manifest(DEMO_DIR)
     build_library(
         entries,

@@ -180,7 +180,9 @@ class Pipeline:
             remaining = deadline - time.monotonic()
             try:
                 batch.append(
-                    self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
                 )
             except queue.Empty:
                 break

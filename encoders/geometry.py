@@ -34,8 +34,10 @@ class BearingGeometry:
 
     @property
     def _ratio(self) -> float:
-        return self.ball_diameter / self.pitch_diameter * math.cos(
-            math.radians(self.contact_angle_deg)
+        return (
+            self.ball_diameter
+            / self.pitch_diameter
+            * math.cos(math.radians(self.contact_angle_deg))
         )
 
     def orders(self) -> DefectOrders:

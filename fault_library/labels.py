@@ -15,5 +15,7 @@ def parse_fault_label(value: str) -> str:
     """Normalise a label from a manifest or the command line, or say what is allowed."""
     label = value.strip().lower().replace("-", "_").replace(" ", "_")
     if label not in FAULT_LABELS:
-        raise ValueError(f"unknown fault label {value!r}; expected one of {', '.join(FAULT_LABELS)}")
+        raise ValueError(
+            f"unknown fault label {value!r}; expected one of {', '.join(FAULT_LABELS)}"
+        )
     return label

@@ -63,8 +63,10 @@ def test_default_yaml_mirrors_every_model_default() -> None:
             assert raw[section].keys() == value.keys(), section
             for key, default in value.items():
                 assert raw[section][key] == default, f"{section}.{key}"
-                assert type(raw[section][key]) is type(default) or default is None or (
-                    isinstance(default, float) and isinstance(raw[section][key], int)
+                assert (
+                    type(raw[section][key]) is type(default)
+                    or default is None
+                    or (isinstance(default, float) and isinstance(raw[section][key], int))
                 ), f"{section}.{key}"
         else:
             assert raw[section] == value, section
@@ -73,8 +75,11 @@ def test_default_yaml_mirrors_every_model_default() -> None:
 def test_user_file_overrides_defaults_and_is_found_through_faultline_config(
     tmp_path: Path,
 ) -> None:
-    path = write(tmp_path, "mqtt:\n  host: broker.plant\n  protocol: 3.1.1\n"
-                           "assets:\n  pump_1: {rpm: 1750, bearing: '6205'}\n")
+    path = write(
+        tmp_path,
+        "mqtt:\n  host: broker.plant\n  protocol: 3.1.1\n"
+        "assets:\n  pump_1: {rpm: 1750, bearing: '6205'}\n",
+    )
     other = write(tmp_path, "mqtt:\n  host: other\n", "other.yaml")
     via_env = load_settings(None, env={"FAULTLINE_CONFIG": str(path)})
     assert (via_env.mqtt.host, via_env.mqtt.protocol) == ("broker.plant", "3.1.1")
@@ -100,20 +105,22 @@ def test_unknown_key_names_key_allowed_keys_and_line(tmp_path: Path) -> None:
 
 
 def test_bad_port_names_key_expected_form_value_and_line(tmp_path: Path) -> None:
-    path = write(tmp_path, "# gateway config\n\nlog_level: INFO\n\nmqtt:\n  host: a\n"
-                           "  port: 70000\n")
+    path = write(
+        tmp_path, "# gateway config\n\nlog_level: INFO\n\nmqtt:\n  host: a\n  port: 70000\n"
+    )
     err = load_error(path)
     (problem,) = err.problems
-    assert (problem.path, problem.given, problem.source) == ("mqtt.port", "70000",
-                                                             f"{path} line 7")
+    assert (problem.path, problem.given, problem.source) == ("mqtt.port", "70000", f"{path} line 7")
     assert problem.expected == "an integer between 1 and 65535"
-    assert str(problem) == (f"mqtt.port: expected an integer between 1 and 65535, got 70000 "
-                            f"({path} line 7)")
+    assert str(problem) == (
+        f"mqtt.port: expected an integer between 1 and 65535, got 70000 ({path} line 7)"
+    )
 
 
 def test_every_problem_is_listed(tmp_path: Path) -> None:
-    path = write(tmp_path, "mqtt:\n  port: http\n  qos: 3\nlimits:\n  min_fs: -1\n"
-                           "log_level: verbose\n")
+    path = write(
+        tmp_path, "mqtt:\n  port: http\n  qos: 3\nlimits:\n  min_fs: -1\nlog_level: verbose\n"
+    )
     err = load_error(path)
     paths = [p.path for p in err.problems]
     assert paths == ["mqtt.port", "mqtt.qos", "limits.min_fs", "log_level"]
@@ -143,8 +150,10 @@ def test_env_overrides_parse_types_and_create_assets(tmp_path: Path) -> None:
     assert mqtt.password.get_secret_value() == "0123"
     assert settings.topics.window_filters == ["a/+/w", "b/+/w"]
     assert settings.topics.spectrum_filters == ["{prefix}/spec/+"]
-    assert settings.assets == {"pump_1": AssetSettings(rpm=1750.0),
-                               "fan": AssetSettings(bearing="6203")}
+    assert settings.assets == {
+        "pump_1": AssetSettings(rpm=1750.0),
+        "fan": AssetSettings(bearing="6203"),
+    }
 
 
 def test_env_refines_an_asset_from_yaml_case_insensitively(tmp_path: Path) -> None:
@@ -159,8 +168,10 @@ def test_env_error_names_the_variable(tmp_path: Path) -> None:
     env = {"FAULTLINE__MQTT__PORT": "abc", "FAULTLINE__MQTT__PROTT": "5"}
     err = load_error(path, env)
     text = str(err)
-    assert ("mqtt.port: expected an integer between 1 and 65535, got 'abc' "
-            "(environment variable FAULTLINE__MQTT__PORT)") in text
+    assert (
+        "mqtt.port: expected an integer between 1 and 65535, got 'abc' "
+        "(environment variable FAULTLINE__MQTT__PORT)"
+    ) in text
     assert "mqtt.prott: unknown key; allowed keys here: host, port" in text
     assert "environment variable FAULTLINE__MQTT__PROTT" in text
 
@@ -205,8 +216,9 @@ def test_reconnect_min_above_max_is_rejected(tmp_path: Path) -> None:
     assert problem.source == f"{path} line 3"
 
 
-@pytest.mark.parametrize(("written", "protocol"),
-                         [("5", "5"), ("5.0", "5"), ("'5'", "5"), ("3.1.1", "3.1.1")])
+@pytest.mark.parametrize(
+    ("written", "protocol"), [("5", "5"), ("5.0", "5"), ("'5'", "5"), ("3.1.1", "3.1.1")]
+)
 def test_protocol_accepts_its_natural_yaml_spellings(
     tmp_path: Path, written: str, protocol: str
 ) -> None:
@@ -220,8 +232,11 @@ def test_protocol_rejects_other_versions(tmp_path: Path) -> None:
 
 
 def test_check_config_summarises_or_lists_problems(tmp_path: Path) -> None:
-    good = write(tmp_path, "mqtt: {host: broker.plant, port: 8883, tls: true}\n"
-                           "topics: {prefix: plant7}\nassets: {p1: {rpm: 1500}, p2: {}}\n")
+    good = write(
+        tmp_path,
+        "mqtt: {host: broker.plant, port: 8883, tls: true}\n"
+        "topics: {prefix: plant7}\nassets: {p1: {rpm: 1500}, p2: {}}\n",
+    )
     ok, text = check_config(good, env={"BALENA_DEVICE_UUID": "0123456789abcdef"})
     assert ok
     assert "mqtts://broker.plant:8883 (MQTT 5, client id faultline-0123456789ab" in text
@@ -237,7 +252,8 @@ def test_check_config_summarises_or_lists_problems(tmp_path: Path) -> None:
 def test_resolved_client_id_is_stable_and_explicit_wins() -> None:
     settings = Settings()
     assert settings.resolved_client_id({"BALENA_DEVICE_UUID": "abcdef0123456789"}) == (
-        "faultline-abcdef012345")
+        "faultline-abcdef012345"
+    )
     from_host = settings.resolved_client_id({})
     assert re.fullmatch(r"faultline-[A-Za-z0-9_-]+", from_host)
     assert len(from_host) <= 64
@@ -253,7 +269,9 @@ def test_data_dir_and_library_path_resolution(tmp_path: Path) -> None:
     assert Settings().resolved_library_path(xdg) == tmp_path / "faultline" / "library"
     chosen = Settings.model_validate({"data_dir": "/data", "library": {"path": "/lib"}})
     assert (chosen.resolved_data_dir(xdg), chosen.resolved_library_path(xdg)) == (
-        Path("/data"), Path("/lib"))
+        Path("/data"),
+        Path("/lib"),
+    )
 
 
 def test_bearing_geometry_prefers_explicit_numbers_over_preset() -> None:
@@ -266,8 +284,11 @@ def test_bearing_geometry_prefers_explicit_numbers_over_preset() -> None:
 
 
 def test_geometry_needs_pitch_larger_than_ball(tmp_path: Path) -> None:
-    path = write(tmp_path, "assets:\n  fan:\n    geometry:\n      n_balls: 8\n"
-                           "      ball_diameter: 2\n      pitch_diameter: 1\n")
+    path = write(
+        tmp_path,
+        "assets:\n  fan:\n    geometry:\n      n_balls: 8\n"
+        "      ball_diameter: 2\n      pitch_diameter: 1\n",
+    )
     (problem,) = load_error(path).problems
     assert problem.path == "assets.fan.geometry.pitch_diameter"
     assert problem.source == f"{path} line 6"

@@ -61,6 +61,12 @@ def add_parser(sub: Any) -> None:
         default="auto",
         help="auto: configured broker if reachable, else embedded",
     )
+    parser.add_argument(
+        "--embedded",
+        choices=["auto", "mosquitto", "amqtt"],
+        default="auto",
+        help="which embedded broker to start when one is needed (auto: mosquitto if installed)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -69,16 +75,20 @@ def _with_broker(settings: Settings, host: str, port: int, protocol: str) -> Set
     return settings.model_copy(update={"mqtt": mqtt})
 
 
-def _choose_broker(settings: Settings, mode: str) -> tuple[Settings, EmbeddedBroker | None]:
+def _choose_broker(
+    settings: Settings, mode: str, embedded: str
+) -> tuple[Settings, EmbeddedBroker | None]:
     host, port = settings.mqtt.host, settings.mqtt.port
     if mode != "embedded" and broker_reachable(host, port):
         print(f"using the configured broker at {host}:{port}")
         return settings, None
     if mode == "configured":
         raise SystemExit(f"faultline: no MQTT broker answers at {host}:{port}")
-    broker = start_embedded_broker()
-    print(f"no broker at {host}:{port}: started an embedded {broker.kind} on "
-          f"{broker.host}:{broker.port} (MQTT {broker.protocol})")
+    broker = start_embedded_broker(prefer=embedded)  # type: ignore[arg-type]
+    print(
+        f"no broker at {host}:{port}: started an embedded {broker.kind} on "
+        f"{broker.host}:{broker.port} (MQTT {broker.protocol})"
+    )
     return _with_broker(settings, broker.host, broker.port, broker.protocol), broker
 
 
@@ -129,8 +139,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args.config)
     encoder = encoder_from_settings(settings)
     library = load_or_build_library(default_library_root(settings), encoder)
-    print(f"fault library {library.version}: {library.info().get('count')} signatures")
-    settings, broker = _choose_broker(settings, args.broker)
+    counts = {view: v["count"] for view, v in library.info()["views"].items()}
+    print(f"fault library {library.version}: signatures per view {counts}")
+    settings, broker = _choose_broker(settings, args.broker, args.embedded)
     stop = threading.Event()
     install_stop_signals(stop)
     agent = Agent(settings, library, encoder)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from typing import Any
 
-from faultline.agent.app import Agent, default_library_root, encoder_from_settings
+from faultline.agent.app import (
+    Agent,
+    default_library_root,
+    encoder_from_settings,
+    install_stop_signals,
+)
 from faultline.agent.library_setup import load_or_build_library
 from faultline.agent.settings import ConfigError, Settings, load_settings
 
@@ -39,9 +45,13 @@ def settings_or_exit(path: str | None) -> Settings:
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args.config)
     logging.getLogger().setLevel(args.log_level or settings.log_level)
+    # Handle SIGTERM from the very start: balena may stop us during a library build.
+    stop = threading.Event()
+    install_stop_signals(stop)
     encoder = encoder_from_settings(settings)
     library = load_or_build_library(
         default_library_root(settings), encoder, rebuild=settings.library.rebuild
     )
-    Agent(settings, library, encoder).run_forever()
+    if not stop.is_set():
+        Agent(settings, library, encoder).run_forever(stop)
     return 0

@@ -77,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     transport.start()
     if not transport.wait_connected(10.0):
-        log.warning("broker %s:%d not reachable yet; windows queue until it is",
-                    settings.mqtt.host, settings.mqtt.port)
+        log.warning(
+            "broker %s:%d not reachable yet; windows queue until it is",
+            settings.mqtt.host,
+            settings.mqtt.port,
+        )
     simulator = Simulator(
         lambda topic, payload: transport.publish(topic, payload, qos=1),
         topics,

@@ -358,6 +358,8 @@ class MqttTransport:
             return
         connack_deadline = time.monotonic() + _CONNACK_TIMEOUT_S
         while not self._stop.is_set():
+            if self._stopping and self._link_down.is_set():
+                return  # stop() disconnected cleanly; looping again would only log noise
             rc = client.loop(timeout=_LOOP_TICK_S)
             if rc != paho.MQTT_ERR_SUCCESS:
                 log.debug("MQTT loop ended: %s", paho.error_string(rc))

@@ -1,0 +1,288 @@
+"""Physics-aware spectrum encoder: measurements in, L2-normalised vectors out.
+
+Two views, one per thing a sensor can send. A raw ``Window`` gets the full treatment
+(time statistics, Hilbert envelope read on a shaft-order axis, raw band profile). A
+``SpectrumFrame`` has no phase, so its envelope stand-in is the spectrum's own
+autocorrelation (see :func:`faultline.encoders.features.comb_correlation`). Vectors of
+the two views are not comparable; the library keeps one index per view.
+
+``encode = normalise(weights * features)``. ``features`` is public on its own because a
+trained projection (ONNX) will take the raw feature vector as its input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import scipy.fft as sfft
+
+from faultline.encoders import features as ft
+from faultline.encoders.dsp import (
+    envelope_spectra_from_rfft,
+    hann_spectra_from_rfft,
+    resample_to,
+)
+from faultline.encoders.geometry import BearingGeometry, bearing_preset
+from faultline.encoders.signals import Measurement, SpectrumFrame, Window
+from faultline.encoders.speed import estimate_rpm
+
+__all__ = ["MODEL_FAMILY", "SpectrumEncoder", "View"]
+
+View = Literal["window", "spectrum"]
+F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
+
+MODEL_FAMILY = "faultline-order-envelope-v1"
+MIN_SAMPLES = 256
+"""Shorter windows (after resampling) cannot resolve the shaft orders the features need."""
+
+# Typical spread (RMS about the mean, per element) of each block over CWRU windows of all
+# classes. Dividing by it puts blocks on one scale, so the weights in FeatureParams alone
+# say how much each counts. Design constants, not a fitted model: they are not refitted
+# per library, and changing them changes the model id via the weights' digest.
+_BLOCK_SCALE: dict[str, float] = {
+    "time": 0.22,
+    "time_gain": 0.35,
+    "env_lines": 0.73,
+    "env_orders": 0.40,
+    "raw_profile": 0.46,
+    "raw_lines": 0.54,
+    "comb_lines": 0.22,
+    "comb_orders": 0.022,
+}
+
+
+class SpectrumEncoder:
+    """Feature encoder shared by the runtime and the library builder (thread-safe)."""
+
+    def __init__(
+        self,
+        target_fs: float = 12000.0,
+        window_s: float = 1.0,
+        default_geometry: BearingGeometry | None = None,
+        params: ft.FeatureParams | None = None,
+    ) -> None:
+        if not (math.isfinite(target_fs) and target_fs > 0):
+            raise ValueError(f"target_fs must be positive, got {target_fs}")
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise ValueError(f"window_s must be positive, got {window_s}")
+        self.target_fs = float(target_fs)
+        self.window_s = float(window_s)
+        self.default_geometry = default_geometry or bearing_preset("6205")
+        self.params = params or ft.FeatureParams()
+        scales = ",".join(f"{k}={v:g}" for k, v in sorted(_BLOCK_SCALE.items()))
+        ident = f"{self.params.digest()}|{self.target_fs:g}|{self.window_s:g}|{scales}"
+        self.model_id = f"{MODEL_FAMILY}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+        self._layout = {view: self._block_layout(view) for view in ("window", "spectrum")}
+        self._rpm_cache: OrderedDict[int, tuple[Measurement, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # --- layout -------------------------------------------------------------------------
+
+    def _block_layout(self, view: View) -> list[tuple[str, tuple[str, ...]]]:
+        line_names, _ = ft.characteristic_orders(self.default_geometry)
+        order_names = ft.order_profile_names(self.params)
+        profile_names = tuple(f"band{i:02d}" for i in range(self.params.profile_bands))
+        if view == "window":
+            return [
+                ("time", ("log_kurtosis", "log_crest", "skewness")),
+                ("time_gain", ("log_rms", "log_peak_to_peak")),
+                ("env_lines", tuple(f"env_{n}" for n in line_names)),
+                ("env_orders", tuple(f"env_{n}" for n in order_names)),
+                ("raw_profile", tuple(f"raw_{n}" for n in profile_names)),
+                ("raw_lines", tuple(f"raw_{n}" for n in line_names)),
+                ("comb_lines", tuple(f"comb_{n}" for n in line_names)),
+                ("comb_orders", tuple(f"comb_{n}" for n in order_names)),
+            ]
+        return [
+            ("raw_profile", tuple(f"raw_{n}" for n in profile_names)),
+            ("raw_lines", tuple(f"raw_{n}" for n in line_names)),
+            ("comb_lines", tuple(f"comb_{n}" for n in line_names)),
+            ("comb_orders", tuple(f"comb_{n}" for n in order_names)),
+        ]
+
+    def feature_names(self, view: View) -> tuple[str, ...]:
+        return tuple(name for _, names in self._layout[view] for name in names)
+
+    def dim(self, view: View) -> int:
+        return len(self.feature_names(view))
+
+    def weights(self, view: View) -> F64:
+        """Per-feature multipliers: block weight / (typical scale * sqrt(block size))."""
+        parts = []
+        for block, names in self._layout[view]:
+            w = float(asdict(self.params)[f"w_{block}"])
+            parts.append(np.full(len(names), w / (_BLOCK_SCALE[block] * math.sqrt(len(names)))))
+        return np.concatenate(parts)
+
+    def view_of(self, item: Measurement) -> View:
+        if isinstance(item, Window):
+            return "window"
+        if isinstance(item, SpectrumFrame):
+            return "spectrum"
+        raise TypeError(f"expected Window or SpectrumFrame, got {type(item).__name__}")
+
+    # --- public steps -------------------------------------------------------------------
+
+    def encode(self, items: Sequence[Measurement]) -> F32:
+        """(n, dim(view)) float32, rows L2-normalised; all items must share one view."""
+        view, feats = self._features(items)
+        weighted = feats * self.weights(view)
+        norms = np.linalg.norm(weighted, axis=1, keepdims=True)
+        out = weighted / np.maximum(norms, 1e-12)
+        return out.astype(np.float32)
+
+    def features(self, items: Sequence[Measurement]) -> F32:
+        """Unweighted feature vectors (n, dim(view)); the input of a trained projection."""
+        return self._features(items)[1].astype(np.float32)
+
+    def describe_rpm(self, item: Measurement) -> tuple[float, str]:
+        """Speed used for ``item`` and where it came from (``message`` or ``estimated``)."""
+        if item.rpm is not None:
+            return float(item.rpm), "message"
+        with self._lock:
+            hit = self._rpm_cache.get(id(item))
+        if hit is not None and hit[0] is item:
+            return hit[1], "estimated"
+        if isinstance(item, Window):
+            x, _ = self._prepare_windows([item])
+            mag = hann_spectra_from_rfft(sfft.rfft(x, axis=-1), x.shape[-1])
+            rpm = float(estimate_rpm(mag, self.target_fs / x.shape[-1])[0])
+        else:
+            mag = np.asarray(item.magnitude, dtype=np.float64)[None, :]
+            rpm = float(estimate_rpm(mag, item.fs / item.n_fft)[0])
+        self._remember([item], np.array([rpm]))
+        return rpm, "estimated"
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _features(self, items: Sequence[Measurement]) -> tuple[View, F64]:
+        if not items:
+            raise ValueError("encode needs at least one measurement")
+        view = self.view_of(items[0])
+        if any(self.view_of(item) != view for item in items):
+            raise ValueError("all measurements in one encode call must share one view")
+        out = np.empty((len(items), self.dim(view)))
+        groups: dict[tuple[float, int], list[int]] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, Window):
+                key = (float(item.fs), len(item.samples))
+            else:
+                assert isinstance(item, SpectrumFrame)
+                key = (float(item.fs), int(item.n_fft))
+            groups.setdefault(key, []).append(i)
+        for idx in groups.values():
+            group = [items[i] for i in idx]
+            if view == "window":
+                out[idx] = self._window_group(group)  # type: ignore[arg-type]
+            else:
+                out[idx] = self._spectrum_group(group)  # type: ignore[arg-type]
+        if not np.all(np.isfinite(out)):
+            raise ValueError("non-finite features; check the measurement values")
+        return view, out
+
+    def _prepare_windows(self, items: Sequence[Window]) -> tuple[F64, float]:
+        """Stack equal-shaped windows, cut to ``window_s`` and resample to ``target_fs``."""
+        fs = float(items[0].fs)
+        keep = min(len(items[0].samples), max(1, math.ceil(self.window_s * fs)))
+        x = np.stack([np.asarray(w.samples[:keep], dtype=np.float64) for w in items])
+        if not np.all(np.isfinite(x)):
+            raise ValueError("window samples must be finite")
+        x = resample_to(x, fs, self.target_fs)
+        x = x[:, : max(1, round(self.window_s * self.target_fs))]
+        if x.shape[-1] < MIN_SAMPLES:
+            raise ValueError(
+                f"window too short: {x.shape[-1]} samples at {self.target_fs:g} Hz, "
+                f"need at least {MIN_SAMPLES}"
+            )
+        return x, fs
+
+    def _rpms(self, items: Sequence[Measurement], mag: F64, df: float) -> F64:
+        rpm = np.array([np.nan if it.rpm is None else float(it.rpm) for it in items])
+        missing = np.isnan(rpm)
+        if missing.any():
+            rpm[missing] = estimate_rpm(mag[missing], df)
+            self._remember([it for it, m in zip(items, missing, strict=True) if m], rpm[missing])
+        if np.any(rpm <= 0):
+            raise ValueError("rpm must be positive")
+        return rpm
+
+    def _remember(self, items: Sequence[Measurement], rpms: F64) -> None:
+        with self._lock:
+            for item, rpm in zip(items, rpms, strict=True):
+                self._rpm_cache[id(item)] = (item, float(rpm))
+            while len(self._rpm_cache) > 512:
+                self._rpm_cache.popitem(last=False)
+
+    def _orders(self, items: Sequence[Measurement]) -> F64:
+        cache: dict[BearingGeometry, F64] = {}
+        rows = []
+        for it in items:
+            geometry = it.geometry or self.default_geometry
+            if geometry not in cache:
+                cache[geometry] = ft.characteristic_orders(geometry)[1]
+            rows.append(cache[geometry])
+        return np.stack(rows)
+
+    def _window_group(self, items: Sequence[Window]) -> F64:
+        p = self.params
+        x, _ = self._prepare_windows(items)
+        n = x.shape[-1]
+        df = self.target_fs / n
+        spec = sfft.rfft(x, axis=-1)
+        mag = hann_spectra_from_rfft(spec, n)
+        shaft = self._rpms(items, mag, df) / 60.0
+        orders = self._orders(items)
+        _, env = envelope_spectra_from_rfft(spec, n, self.target_fs, p.envelope_band_hz)
+        stats = ft.time_stats(x)
+        comb = ft.comb_correlation(mag, df, p)
+        return np.concatenate(
+            [
+                stats[:, :3],
+                stats[:, 3:],
+                ft.line_prominence(env, df, shaft, orders, p),
+                ft.order_profile(env, df, shaft, p),
+                ft.band_profile(mag, df, p),
+                ft.line_prominence(mag, df, shaft, orders, p),
+                ft.line_prominence(comb, df, shaft, orders, p, log_scale=False),
+                ft.order_profile(comb, df, shaft, p, log_scale=False),
+            ],
+            axis=1,
+        )
+
+    def _spectrum_group(self, items: Sequence[SpectrumFrame]) -> F64:
+        p = self.params
+        first = items[0]
+        n_bins = first.n_fft // 2 + 1
+        for it in items:
+            if it.magnitude.shape != (n_bins,):
+                raise ValueError(
+                    f"spectrum has {it.magnitude.shape} bins, expected ({n_bins},) for "
+                    f"n_fft={it.n_fft}"
+                )
+        mag = np.stack([np.asarray(it.magnitude, dtype=np.float64) for it in items])
+        if not np.all(np.isfinite(mag)) or np.any(mag < 0):
+            raise ValueError("spectrum magnitudes must be finite and non-negative")
+        df = float(first.fs) / first.n_fft
+        if n_bins < MIN_SAMPLES // 2:
+            raise ValueError(f"spectrum too short: n_fft={first.n_fft}, need {MIN_SAMPLES}")
+        shaft = self._rpms(items, mag, df) / 60.0
+        orders = self._orders(items)
+        comb = ft.comb_correlation(mag, df, p)
+        return np.concatenate(
+            [
+                ft.band_profile(mag, df, p),
+                ft.line_prominence(mag, df, shaft, orders, p),
+                ft.line_prominence(comb, df, shaft, orders, p, log_scale=False),
+                ft.order_profile(comb, df, shaft, p, log_scale=False),
+            ],
+            axis=1,
+        )

@@ -1,0 +1,106 @@
+"""Signal processing on synthetic signals with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.fft as sfft
+
+from faultline.encoders.dsp import (
+    amplitude_spectra,
+    envelope_spectra_from_rfft,
+    envelope_spectrum,
+    hann_spectra_from_rfft,
+    magnitude_spectrum,
+    resample_to,
+)
+from faultline.encoders.signals import Window
+
+FS = 12000.0
+
+
+def impulse_train(rate_hz: float, resonance_hz: float, seconds: float = 1.0) -> np.ndarray:
+    """Decaying 3 kHz rings struck at ``rate_hz``, plus noise and a strong 30 Hz line."""
+    rng = np.random.default_rng(1)
+    n = int(seconds * FS)
+    t = np.arange(n) / FS
+    ring_t = np.arange(int(0.004 * FS)) / FS
+    ring = np.exp(-ring_t * 1500.0) * np.sin(2 * np.pi * resonance_hz * ring_t)
+    x = np.zeros(n)
+    for start in np.arange(0.0, seconds, 1.0 / rate_hz):
+        i = int(start * FS)
+        seg = ring[: n - i]
+        x[i : i + len(seg)] += seg
+    return x + 0.05 * rng.standard_normal(n) + 2.0 * np.sin(2 * np.pi * 30.0 * t)
+
+
+def test_envelope_spectrum_finds_the_impact_rate() -> None:
+    x = impulse_train(107.0, 3000.0)
+    freqs, mag = envelope_spectrum(x, FS, (2000.0, 5800.0))
+    band = (freqs > 20) & (freqs < 500)
+    assert freqs[band][np.argmax(mag[band])] == pytest.approx(107.0, abs=1.0)
+    # The raw spectrum's biggest low-frequency line is the 30 Hz shaft line instead.
+    raw = amplitude_spectra(x)
+    assert freqs[band][np.argmax(raw[band])] == pytest.approx(30.0, abs=1.0)
+
+
+def test_fast_envelope_matches_reference() -> None:
+    x = np.stack([impulse_train(107.0, 3000.0), impulse_train(162.0, 4000.0)])
+    _, ref = envelope_spectrum(x, FS, (2000.0, 5800.0))
+    _, fast = envelope_spectra_from_rfft(sfft.rfft(x, axis=-1), x.shape[-1], FS, (2000.0, 5800.0))
+    for a, b in zip(ref, fast, strict=True):
+        assert np.corrcoef(a[:1000], b[:1000])[0, 1] > 0.999
+        assert np.argmax(a[20:500]) == np.argmax(b[20:500])
+
+
+def test_resample_keeps_tone_and_removes_content_above_new_nyquist() -> None:
+    fs = 48000.0
+    t = np.arange(int(fs)) / fs
+    x = np.sin(2 * np.pi * 500.0 * t) + np.sin(2 * np.pi * 9000.0 * t)
+    y = resample_to(x, fs, FS)
+    assert y.shape == (12000,)
+    spec = amplitude_spectra(y[1200:10800])  # away from the filter's edge transients
+    freqs = np.fft.rfftfreq(9600, 1.0 / FS)  # 1.25 Hz bins: 500 and 3000 Hz on bin centres
+    assert spec[np.argmin(np.abs(freqs - 500.0))] == pytest.approx(1.0, rel=0.01)
+    # Plain decimation would fold 9 kHz onto 3 kHz at full strength.
+    assert spec[np.argmin(np.abs(freqs - 3000.0))] < 1e-3
+    assert np.max(np.abs(x[::4][:12000] - y)) > 0.5  # and it is not decimation
+
+
+def test_resample_identity_and_rational_ratio() -> None:
+    x = np.random.default_rng(0).standard_normal((2, 2560))
+    assert np.array_equal(resample_to(x, FS, FS), x)
+    y = resample_to(x, 25600.0, FS)  # 15/32
+    assert y.shape == (2, 1200)
+
+
+def test_magnitude_spectrum_is_amplitude_normalised() -> None:
+    t = np.arange(12000) / FS
+    samples = (0.7 * np.sin(2 * np.pi * 500.0 * t)).astype(np.float32)
+    w = Window("a", 5.0, FS, samples, rpm=1797.0, meta={"k": 1})
+    frame = magnitude_spectrum(w)
+    assert frame.n_fft == 12000
+    assert frame.magnitude.shape == (6001,)
+    assert frame.magnitude.dtype == np.float32
+    assert frame.magnitude[500] == pytest.approx(0.7, rel=1e-4)
+    assert (frame.asset, frame.ts, frame.fs, frame.rpm) == ("a", 5.0, FS, 1797.0)
+    assert frame.meta == {"k": 1}
+    padded = magnitude_spectrum(w, n_fft=24000)
+    assert padded.magnitude.shape == (12001,)
+    assert padded.magnitude[1000] == pytest.approx(0.7, rel=1e-4)
+    cut = magnitude_spectrum(w, n_fft=6000)  # the first 6000 samples
+    assert cut.magnitude.shape == (3001,)
+    assert cut.magnitude[250] == pytest.approx(0.7, rel=1e-4)
+
+
+@pytest.mark.parametrize("n", [1000, 1001])
+def test_hann_from_rfft_equals_windowed_fft(n: int) -> None:
+    x = np.random.default_rng(n).standard_normal((3, n))
+    np.testing.assert_allclose(
+        hann_spectra_from_rfft(sfft.rfft(x, axis=-1), n), amplitude_spectra(x), atol=1e-12
+    )
+
+
+def test_band_above_nyquist_rejected() -> None:
+    with pytest.raises(ValueError, match="Nyquist"):
+        envelope_spectrum(np.zeros(4000), 4000.0, (2500.0, 3000.0))
