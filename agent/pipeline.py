@@ -15,8 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Literal
 
 from faultline.agent.metrics import Counters
 from faultline.encoders.signals import Measurement
@@ -36,6 +35,20 @@ class Job:
     received_at: float  # time.monotonic() when the message left the socket
 
 
+View = Literal["window", "spectrum"]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """What the science concluded about one measurement, before it becomes an alert."""
+
+    verdict: Verdict
+    neighbours: list[Neighbour]
+    rpm: float
+    rpm_source: str
+    view: View
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnosis:
     """What the pipeline concluded about one job; the app turns it into an alert."""
@@ -45,7 +58,7 @@ class Diagnosis:
     neighbours: list[Neighbour]
     rpm: float
     rpm_source: str
-    view: str
+    view: View
     library_version: str
     latency_ms: float
 
@@ -62,10 +75,9 @@ def diagnose_batch(
     encoder: SpectrumEncoder,
     library: FaultLibrary,
     policy: VerdictPolicy,
-) -> list[tuple[Verdict, list[Neighbour], float, str, str]]:
+) -> list[WindowResult]:
     """Encode, search and vote for measurements of one view (pure apart from the models).
 
-    Returns, per measurement: verdict, neighbours, rpm used, rpm source and view.
     Shared by the streaming pipeline and the offline ``diagnose`` command so both give
     the same answer for the same window.
     """
@@ -74,7 +86,7 @@ def diagnose_batch(
     view = encoder.view_of(measurements[0])
     vectors = encoder.encode(measurements)
     results = library.search(view, vectors, policy.top_k)
-    out = []
+    out: list[WindowResult] = []
     for item, neighbours in zip(measurements, results, strict=True):
         verdict = decide(
             [n.label for n in neighbours],
@@ -83,7 +95,7 @@ def diagnose_batch(
             min_confidence=policy.min_confidence,
         )
         rpm, rpm_source = encoder.describe_rpm(item)
-        out.append((verdict, neighbours, rpm, rpm_source, view))
+        out.append(WindowResult(verdict, neighbours, rpm, rpm_source, view))
     return out
 
 
@@ -220,18 +232,18 @@ class Pipeline:
     def _emit(
         self,
         jobs: list[Job],
-        results: list[tuple[Verdict, list[Neighbour], float, str, str]],
+        results: list[WindowResult],
         library: FaultLibrary,
     ) -> None:
         now = time.monotonic()
-        for job, (verdict, neighbours, rpm, rpm_source, view) in zip(jobs, results, strict=True):
+        for job, result in zip(jobs, results, strict=True):
             diagnosis = Diagnosis(
                 job=job,
-                verdict=verdict,
-                neighbours=neighbours,
-                rpm=float(np.round(rpm, 2)),
-                rpm_source=rpm_source,
-                view=view,
+                verdict=result.verdict,
+                neighbours=result.neighbours,
+                rpm=round(result.rpm, 2),
+                rpm_source=result.rpm_source,
+                view=result.view,
                 library_version=library.version,
                 latency_ms=(now - job.received_at) * 1000.0,
             )

@@ -34,9 +34,21 @@ from faultline.agent.settings_sources import CONFIG_ENV, load_layered
 from faultline.encoders.geometry import BEARING_PRESETS, BearingGeometry, bearing_preset
 
 __all__ = [
-    "CONFIG_ENV", "AssetSettings", "ConfigError", "ConfigProblem", "EncoderSettings",
-    "GeometrySettings", "LibrarySettings", "LimitSettings", "MqttSettings", "PipelineSettings",
-    "Settings", "TopicSettings", "VerdictSettings", "check_config", "default_yaml_text",
+    "CONFIG_ENV",
+    "AssetSettings",
+    "ConfigError",
+    "ConfigProblem",
+    "EncoderSettings",
+    "GeometrySettings",
+    "LibrarySettings",
+    "LimitSettings",
+    "MqttSettings",
+    "PipelineSettings",
+    "Settings",
+    "TopicSettings",
+    "VerdictSettings",
+    "check_config",
+    "default_yaml_text",
     "load_settings",
 ]
 
@@ -55,28 +67,45 @@ def _ordered(section: BaseModel, low: str, high: str) -> None:
 
 
 class MqttSettings(_Section):
-    host: str = Field(default="127.0.0.1", min_length=1, max_length=253,
-                      description="Broker host name or IP address.")
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        max_length=253,
+        description="Broker host name or IP address.",
+    )
     port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port.")
     protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version.")
-    client_id: str | None = Field(default=None, min_length=1, max_length=128,
-                                  description="Explicit client id; unset: one per gateway.")
+    client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Explicit client id; unset: one per gateway.",
+    )
     username: str | None = Field(default=None, max_length=1024, description="Broker user.")
     password: SecretStr | None = Field(default=None, description="Broker password (not logged).")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="Keep-alive interval, s.")
-    session_expiry_s: int = Field(default=3600, ge=0, le=4_294_967_295,
-                                  description="How long the broker keeps our session (and "
-                                  "queues QoS>0 messages) while we are away, s.")
+    session_expiry_s: int = Field(
+        default=3600,
+        ge=0,
+        le=4_294_967_295,
+        description="How long the broker keeps our session (and "
+        "queues QoS>0 messages) while we are away, s.",
+    )
     clean_start: bool = Field(default=False, description="Discard the old session at connect.")
     qos: Literal[0, 1, 2] = Field(default=1, description="QoS of subscriptions and alerts.")
-    reconnect_min_s: float = Field(default=0.5, gt=0, le=3600,
-                                   description="First reconnect delay; doubles with jitter.")
-    reconnect_max_s: float = Field(default=30.0, gt=0, le=86400,
-                                   description="Largest reconnect delay; >= reconnect_min_s.")
+    reconnect_min_s: float = Field(
+        default=0.5, gt=0, le=3600, description="First reconnect delay; doubles with jitter."
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, le=86400, description="Largest reconnect delay; >= reconnect_min_s."
+    )
     max_inflight: int = Field(default=20, ge=1, le=65535, description="QoS>0 messages in flight.")
-    max_queued_messages: int = Field(default=10000, ge=0, le=10_000_000,
-                                     description="Outgoing messages paho keeps in memory while "
-                                     "offline (0: unbounded).")
+    max_queued_messages: int = Field(
+        default=10000,
+        ge=0,
+        le=10_000_000,
+        description="Outgoing messages paho keeps in memory while offline (0: unbounded).",
+    )
     tls: bool = Field(default=False, description="Connect with TLS.")
     ca_certs: Path | None = Field(default=None, description="CA bundle for TLS; unset: system.")
 
@@ -100,8 +129,12 @@ _FILTER_FORM = "a topic filter with exactly one '+' level (the asset id), no '#'
 
 def _check_filter(value: str) -> str:
     levels = value.split("/")
-    if levels.count("+") != 1 or any("+" in lv and lv != "+" for lv in levels) or "#" in value \
-            or value.startswith("$"):
+    if (
+        levels.count("+") != 1
+        or any("+" in lv and lv != "+" for lv in levels)
+        or "#" in value
+        or value.startswith("$")
+    ):
         raise ValueError(_FILTER_FORM)
     return value
 
@@ -112,16 +145,29 @@ Filter = Annotated[
 
 
 class TopicSettings(_Section):
-    prefix: str = Field(default="faultline", min_length=1, max_length=200,
-                        description="Root of every topic the agent publishes; '{prefix}' in "
-                        "a filter expands to it.")
-    window_filters: list[Filter] = Field(default=["{prefix}/sensors/+/window"], max_length=32,
-                                         description="Raw window inputs; '+' is the asset id.")
-    spectrum_filters: list[Filter] = Field(default=["{prefix}/sensors/+/spectrum"], max_length=32,
-                                           description="Spectrum inputs; '+' is the asset id.")
-    shared_group: str | None = Field(default=None, min_length=1, max_length=64,
-                                     description="Subscribe as $share/<group>/<filter> so N "
-                                     "gateways split the load.")
+    prefix: str = Field(
+        default="faultline",
+        min_length=1,
+        max_length=200,
+        description="Root of every topic the agent publishes; '{prefix}' in "
+        "a filter expands to it.",
+    )
+    window_filters: list[Filter] = Field(
+        default=["{prefix}/sensors/+/window"],
+        max_length=32,
+        description="Raw window inputs; '+' is the asset id.",
+    )
+    spectrum_filters: list[Filter] = Field(
+        default=["{prefix}/sensors/+/spectrum"],
+        max_length=32,
+        description="Spectrum inputs; '+' is the asset id.",
+    )
+    shared_group: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Subscribe as $share/<group>/<filter> so N gateways split the load.",
+    )
 
     @field_validator("prefix")
     @classmethod
@@ -152,20 +198,38 @@ class TopicSettings(_Section):
 
 
 class LimitSettings(_Section):
-    max_payload_bytes: int = Field(default=2_097_152, ge=256, le=16_777_216,
-                                   description="Larger MQTT payloads are rejected unread.")
-    min_samples: int = Field(default=1024, ge=64, le=4_194_304,
-                             description="Fewest samples a window may carry.")
-    max_samples: int = Field(default=480_000, ge=64, le=4_194_304,
-                             description="Most samples a window may carry; >= min_samples.")
+    max_payload_bytes: int = Field(
+        default=2_097_152,
+        ge=256,
+        le=16_777_216,
+        description="Larger MQTT payloads are rejected unread.",
+    )
+    min_samples: int = Field(
+        default=1024, ge=64, le=4_194_304, description="Fewest samples a window may carry."
+    )
+    max_samples: int = Field(
+        default=480_000,
+        ge=64,
+        le=4_194_304,
+        description="Most samples a window may carry; >= min_samples.",
+    )
     min_fs: float = Field(default=1000.0, gt=0, le=10_000_000, description="Lowest rate, Hz.")
-    max_fs: float = Field(default=200_000.0, gt=0, le=10_000_000,
-                          description="Highest sampling rate, Hz; >= min_fs.")
+    max_fs: float = Field(
+        default=200_000.0, gt=0, le=10_000_000, description="Highest sampling rate, Hz; >= min_fs."
+    )
     min_rpm: float = Field(default=30.0, gt=0, le=1_000_000, description="Lowest shaft speed.")
-    max_rpm: float = Field(default=60_000.0, gt=0, le=1_000_000,
-                           description="Highest plausible shaft speed, rpm; >= min_rpm.")
-    max_spectrum_bins: int = Field(default=262_145, ge=16, le=4_194_305,
-                                   description="Most magnitude bins a spectrum may carry.")
+    max_rpm: float = Field(
+        default=60_000.0,
+        gt=0,
+        le=1_000_000,
+        description="Highest plausible shaft speed, rpm; >= min_rpm.",
+    )
+    max_spectrum_bins: int = Field(
+        default=262_145,
+        ge=16,
+        le=4_194_305,
+        description="Most magnitude bins a spectrum may carry.",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> LimitSettings:
@@ -176,20 +240,30 @@ class LimitSettings(_Section):
 
 
 class PipelineSettings(_Section):
-    queue_size: int = Field(default=256, ge=1, le=100_000,
-                            description="Windows waiting for a worker; beyond it intake rejects.")
+    queue_size: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Windows waiting for a worker; beyond it intake rejects.",
+    )
     batch_max: int = Field(default=32, ge=1, le=1024, description="Most windows per batch.")
-    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000,
-                                 description="How long a worker waits to fill a batch, ms.")
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="How long a worker waits to fill a batch, ms."
+    )
     workers: int = Field(default=1, ge=1, le=8, description="Worker threads.")
-    drain_timeout_s: float = Field(default=10.0, ge=0, le=600,
-                                   description="Time allowed at stop to finish in-flight windows.")
+    drain_timeout_s: float = Field(
+        default=10.0, ge=0, le=600, description="Time allowed at stop to finish in-flight windows."
+    )
     top_k: int = Field(default=10, ge=1, le=100, description="Neighbours retrieved per window.")
 
 
 class EncoderSettings(_Section):
-    target_fs: float = Field(default=12_000.0, ge=1000, le=200_000,
-                             description="Rate windows are resampled to before encoding, Hz.")
+    target_fs: float = Field(
+        default=12_000.0,
+        ge=1000,
+        le=200_000,
+        description="Rate windows are resampled to before encoding, Hz.",
+    )
     window_s: float = Field(default=1.0, ge=0.1, le=10, description="Encoder window length, s.")
 
 
@@ -199,10 +273,12 @@ class LibrarySettings(_Section):
 
 
 class VerdictSettings(_Section):
-    min_similarity: float = Field(default=0.5, ge=-1, le=1,
-                                  description="Below this best similarity: unknown (novel).")
-    min_confidence: float = Field(default=0.5, ge=0, le=1,
-                                  description="Below this vote share: unknown (ambiguous).")
+    min_similarity: float = Field(
+        default=0.5, ge=-1, le=1, description="Below this best similarity: unknown (novel)."
+    )
+    min_confidence: float = Field(
+        default=0.5, ge=0, le=1, description="Below this vote share: unknown (ambiguous)."
+    )
 
 
 class GeometrySettings(_Section):
@@ -214,17 +290,22 @@ class GeometrySettings(_Section):
     @model_validator(mode="after")
     def _ball_fits(self) -> GeometrySettings:
         if self.pitch_diameter <= self.ball_diameter:
-            raise KeyedValueError(("pitch_diameter",), f"a number greater than ball_diameter "
-                                  f"({self.ball_diameter})", self.pitch_diameter)
+            raise KeyedValueError(
+                ("pitch_diameter",),
+                f"a number greater than ball_diameter ({self.ball_diameter})",
+                self.pitch_diameter,
+            )
         return self
 
 
 class AssetSettings(_Section):
-    rpm: float | None = Field(default=None, gt=0, le=1_000_000,
-                              description="Shaft speed when messages carry none.")
+    rpm: float | None = Field(
+        default=None, gt=0, le=1_000_000, description="Shaft speed when messages carry none."
+    )
     bearing: str | None = Field(default=None, max_length=64, description="Bearing preset name.")
-    geometry: GeometrySettings | None = Field(default=None,
-                                              description="Bearing geometry; wins over bearing.")
+    geometry: GeometrySettings | None = Field(
+        default=None, description="Bearing geometry; wins over bearing."
+    )
     description: str = Field(default="", max_length=500, description="Free text for people.")
 
     @field_validator("bearing")
@@ -257,19 +338,26 @@ class Settings(_Section):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
     topics: TopicSettings = Field(default_factory=TopicSettings, description="Topic names.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Payload bounds.")
-    pipeline: PipelineSettings = Field(default_factory=PipelineSettings,
-                                       description="Queues, batching and workers.")
+    pipeline: PipelineSettings = Field(
+        default_factory=PipelineSettings, description="Queues, batching and workers."
+    )
     encoder: EncoderSettings = Field(default_factory=EncoderSettings, description="Encoder.")
     library: LibrarySettings = Field(default_factory=LibrarySettings, description="Library.")
-    verdict: VerdictSettings = Field(default_factory=VerdictSettings,
-                                     description="When a verdict is unknown.")
-    assets: dict[AssetId, AssetSettings] = Field(default={}, max_length=100_000,
-                                                 description="Per-asset speed and bearing, "
-                                                 "keyed by the asset id in the topic.")
-    data_dir: Path | None = Field(default=None, description="State folder; unset: "
-                                  "$XDG_DATA_HOME/faultline or ~/.local/share/faultline.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO",
-                                                                    description="Log level.")
+    verdict: VerdictSettings = Field(
+        default_factory=VerdictSettings, description="When a verdict is unknown."
+    )
+    assets: dict[AssetId, AssetSettings] = Field(
+        default={},
+        max_length=100_000,
+        description="Per-asset speed and bearing, keyed by the asset id in the topic.",
+    )
+    data_dir: Path | None = Field(
+        default=None,
+        description="State folder; unset: $XDG_DATA_HOME/faultline or ~/.local/share/faultline.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

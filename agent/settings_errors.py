@@ -161,8 +161,14 @@ def _type_words(ann: Any) -> str:
         return f"a mapping from id to {keys or 'value'}"
     if sub is not None:
         return f"a mapping with keys {keys}"
-    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             SecretStr: "a string", Path: "a path"}
+    words = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        SecretStr: "a string",
+        Path: "a path",
+    }
     return words.get(base, str(base))
 
 

@@ -56,9 +56,15 @@ def _walk(node: yaml.Node, prefix: KeyPath, doc: YamlDoc) -> None:
             line = key_node.start_mark.line + 1
             path = (*prefix, key)
             if key in seen and key != "<<":
-                doc.problems.append(ConfigProblem(
-                    ".".join(path), f"duplicate key (first on line {seen[key]}; YAML keeps "
-                    "only the last)", "", f"{doc.label} line {line}", is_form=False))
+                doc.problems.append(
+                    ConfigProblem(
+                        ".".join(path),
+                        f"duplicate key (first on line {seen[key]}; YAML keeps only the last)",
+                        "",
+                        f"{doc.label} line {line}",
+                        is_form=False,
+                    )
+                )
             seen[key] = line
             doc.lines[path] = line
             _walk(value_node, path, doc)
@@ -79,9 +85,17 @@ def parse_yaml(text: str, label: str) -> YamlDoc:
             _walk(node, (), doc)  # before constructing: merge keys rewrite the node tree
             data = loader.construct_document(node)
             if not isinstance(data, dict):
-                raise ConfigError([ConfigProblem(
-                    "", f"the top level must be a mapping of sections, got {show(data)}",
-                    "", f"{label} line {node.start_mark.line + 1}", is_form=False)])
+                raise ConfigError(
+                    [
+                        ConfigProblem(
+                            "",
+                            f"the top level must be a mapping of sections, got {show(data)}",
+                            "",
+                            f"{label} line {node.start_mark.line + 1}",
+                            is_form=False,
+                        )
+                    ]
+                )
             doc.data = data
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -128,9 +142,7 @@ class Layers:
     data: dict[Any, Any] = field(default_factory=dict)
     sources: dict[KeyPath, str] = field(default_factory=dict)
 
-    def merge(
-        self, src: Mapping[Any, Any], where: Where, fold_case: bool
-    ) -> None:
+    def merge(self, src: Mapping[Any, Any], where: Where, fold_case: bool) -> None:
         self._merge(self.data, src, (), where, fold_case)
 
     def _merge(
@@ -187,8 +199,11 @@ def _env_value(raw: str, model: type[BaseModel], loc: Loc) -> Any:
     _, ann = field_at(model, loc)
     base, nullable = unwrap_optional(ann)
     text = (str, SecretStr, Path)
-    if base in text or (get_origin(base) is list and not raw.lstrip().startswith("[")
-                        and unwrap_optional(get_args(base)[0])[0] in text):
+    if base in text or (
+        get_origin(base) is list
+        and not raw.lstrip().startswith("[")
+        and unwrap_optional(get_args(base)[0])[0] in text
+    ):
         return None if raw == "" and nullable else raw
     try:
         return yaml.safe_load(raw)
@@ -207,11 +222,18 @@ def apply_env(
     for name, raw in env.items():
         if not name.upper().startswith(ENV_PREFIX):
             continue
-        path = tuple(seg.lower() for seg in name[len(ENV_PREFIX):].split(ENV_SEPARATOR))
+        path = tuple(seg.lower() for seg in name[len(ENV_PREFIX) :].split(ENV_SEPARATOR))
         if not all(path):
-            problems.append(ConfigProblem(
-                "", "bad variable name: use FAULTLINE__SECTION__KEY with single '__' "
-                "between non-empty parts", "", f"environment variable {name}", is_form=False))
+            problems.append(
+                ConfigProblem(
+                    "",
+                    "bad variable name: use FAULTLINE__SECTION__KEY with single '__' "
+                    "between non-empty parts",
+                    "",
+                    f"environment variable {name}",
+                    is_form=False,
+                )
+            )
             continue
         found.append((path, name, raw))
     # Shorter paths first, so FAULTLINE__ASSETS__P1__RPM refines FAULTLINE__ASSETS.
@@ -221,8 +243,11 @@ def apply_env(
             nested: Any = _env_value(raw, model, path)
         except yaml.YAMLError as exc:
             reason = getattr(exc, "problem", None) or str(exc)
-            problems.append(ConfigProblem(".".join(path), f"invalid YAML value: {reason}",
-                                          show(raw), label, is_form=False))
+            problems.append(
+                ConfigProblem(
+                    ".".join(path), f"invalid YAML value: {reason}", show(raw), label, is_form=False
+                )
+            )
             continue
         for seg in reversed(path):
             nested = {seg: nested}

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -186,10 +187,14 @@ def encode_with(
     encoder: SpectrumEncoder, view: View, feats: npt.NDArray[np.float32], zero: Sequence[str] = ()
 ) -> npt.NDArray[np.float32]:
     """encode() from cached features, optionally with some blocks' weights set to 0."""
-    params = replace(encoder.params, **{f"w_{b}": 0.0 for b in zero})
+    zeroed: dict[str, Any] = {f"w_{b}": 0.0 for b in zero}
+    params = replace(encoder.params, **zeroed)
     weights = SpectrumEncoder(encoder.target_fs, encoder.window_s, params=params).weights(view)
     w = feats * weights
-    return (w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    out: npt.NDArray[np.float32] = (
+        w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+    ).astype(np.float32)
+    return out
 
 
 def main() -> None:

@@ -153,8 +153,8 @@ def envelope_spectrum(
     filtered = sosfiltfilt(sos, arr, axis=-1)
     env = np.abs(hilbert(filtered, axis=-1))
     env = env - env.mean(axis=-1, keepdims=True)
-    mag = amplitude_spectra(env)
-    return np.fft.rfftfreq(arr.shape[-1], 1.0 / fs), mag
+    freqs: F64 = np.fft.rfftfreq(arr.shape[-1], 1.0 / fs).astype(np.float64)
+    return freqs, amplitude_spectra(env)
 
 
 @lru_cache(maxsize=32)
@@ -189,4 +189,5 @@ def envelope_spectra_from_rfft(
     full[..., : spec.shape[-1]] = analytic_half
     env = np.abs(sfft.ifft(full, axis=-1))
     env -= env.mean(axis=-1, keepdims=True)
-    return np.fft.rfftfreq(n, 1.0 / fs), amplitude_spectra(env)
+    freqs: F64 = np.fft.rfftfreq(n, 1.0 / fs).astype(np.float64)
+    return freqs, amplitude_spectra(env)

@@ -250,7 +250,7 @@ def comb_correlation(mag: F64, df: float, params: FeatureParams) -> F64:
     if hi - lo < 16:
         return np.zeros((mag.shape[0], max(hi - lo, 1)))
     level = 20.0 * np.log10(mag[:, lo:hi] + 1e-12 * (mag.max(axis=-1, keepdims=True) + 1e-30))
-    size = max(3, int(round(params.comb_whiten_hz / df)) | 1)
+    size = max(3, round(params.comb_whiten_hz / df) | 1)
     white = level - uniform_filter1d(level, size=size, axis=-1, mode="nearest")
     white = np.clip(white, 0.0, params.prominence_cap_db)
     white -= white.mean(axis=-1, keepdims=True)

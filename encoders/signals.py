@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
 from faultline.encoders.geometry import BearingGeometry
 
 FloatArray = npt.NDArray[np.float32]

@@ -1,13 +1,20 @@
 """Physics-aware spectrum encoder: measurements in, L2-normalised vectors out.
 
-Two views, one per thing a sensor can send. A raw ``Window`` gets the full treatment
-(time statistics, Hilbert envelope read on a shaft-order axis, raw band profile). A
-``SpectrumFrame`` has no phase, so its envelope stand-in is the spectrum's own
-autocorrelation (see :func:`faultline.encoders.features.comb_correlation`). Vectors of
-the two views are not comparable; the library keeps one index per view.
+Two views, one per thing a sensor can send. A ``SpectrumFrame`` has no phase, so it gets
+what a magnitude spectrum allows: the raw band profile, raw lines at the characteristic
+orders, and the spectrum's autocorrelation read at those orders as an envelope stand-in
+(:func:`faultline.encoders.features.comb_correlation`). A raw ``Window`` gets all of that
+from its own spectrum plus time statistics and the Hilbert envelope on the order axis.
+Vectors of the two views are not comparable; the library keeps one index per view.
+
+Window view (198): time 3 + gain-dependent time 2 + envelope lines 23 + envelope order
+profile 48 + raw band profile 28 + raw lines 23 + comb lines 23 + comb order profile 48.
+Spectrum view (122): raw band profile 28 + raw lines 23 + comb lines 23 + comb profile 48.
 
 ``encode = normalise(weights * features)``. ``features`` is public on its own because a
-trained projection (ONNX) will take the raw feature vector as its input.
+trained projection (ONNX) will take the raw feature vector as its input. Speed (rpm) comes
+from the measurement (the runtime fills it from the asset's config) or is estimated from
+the spectrum (:mod:`faultline.encoders.speed`); ``describe_rpm`` says which.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ MIN_SAMPLES = 256
 # Typical spread (RMS about the mean, per element) of each block over CWRU windows of all
 # classes. Dividing by it puts blocks on one scale, so the weights in FeatureParams alone
 # say how much each counts. Design constants, not a fitted model: they are not refitted
-# per library, and changing them changes the model id via the weights' digest.
+# per library, and they are part of the model id.
 _BLOCK_SCALE: dict[str, float] = {
     "time": 0.22,
     "time_gain": 0.35,
@@ -78,6 +85,8 @@ class SpectrumEncoder:
         self.window_s = float(window_s)
         self.default_geometry = default_geometry or bearing_preset("6205")
         self.params = params or ft.FeatureParams()
+        # The model id names everything that changes a vector, so a library built with
+        # other settings is refused instead of silently compared.
         scales = ",".join(f"{k}={v:g}" for k, v in sorted(_BLOCK_SCALE.items()))
         ident = f"{self.params.digest()}|{self.target_fs:g}|{self.window_s:g}|{scales}"
         self.model_id = f"{MODEL_FAMILY}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
@@ -137,8 +146,8 @@ class SpectrumEncoder:
         view, feats = self._features(items)
         weighted = feats * self.weights(view)
         norms = np.linalg.norm(weighted, axis=1, keepdims=True)
-        out = weighted / np.maximum(norms, 1e-12)
-        return out.astype(np.float32)
+        out: F32 = (weighted / np.maximum(norms, 1e-12)).astype(np.float32)
+        return out
 
     def features(self, items: Sequence[Measurement]) -> F32:
         """Unweighted feature vectors (n, dim(view)); the input of a trained projection."""
@@ -176,15 +185,12 @@ class SpectrumEncoder:
             if isinstance(item, Window):
                 key = (float(item.fs), len(item.samples))
             else:
-                assert isinstance(item, SpectrumFrame)
                 key = (float(item.fs), int(item.n_fft))
             groups.setdefault(key, []).append(i)
         for idx in groups.values():
-            group = [items[i] for i in idx]
-            if view == "window":
-                out[idx] = self._window_group(group)  # type: ignore[arg-type]
-            else:
-                out[idx] = self._spectrum_group(group)  # type: ignore[arg-type]
+            windows = [w for w in (items[i] for i in idx) if isinstance(w, Window)]
+            frames = [f for f in (items[i] for i in idx) if isinstance(f, SpectrumFrame)]
+            out[idx] = self._window_group(windows) if windows else self._spectrum_group(frames)
         if not np.all(np.isfinite(out)):
             raise ValueError("non-finite features; check the measurement values")
         return view, out

@@ -47,7 +47,7 @@ _REFINE_MIN_DB = 15.0
 def _whiten(mag: F64, df: float) -> F64:
     """Prominence in dB over a ~10 Hz running median, clipped to [0, 30] dB."""
     level = 20.0 * np.log10(mag + 1e-12 * (mag.max(axis=-1, keepdims=True) + 1e-30))
-    size = max(5, int(round(_WHITEN_HZ / df)) | 1)
+    size = max(5, round(_WHITEN_HZ / df) | 1)
     base = median_filter(level, size=(1, size), mode="nearest")
     out: F64 = np.clip(level - base, 0.0, _CAP_DB)
     return out

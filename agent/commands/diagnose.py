@@ -60,9 +60,11 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for start in range(0, len(windows), 64):
         results += diagnose_batch(windows[start : start + 64], encoder, library, policy)
-    verdicts = [r[0] for r in results]
+    verdicts = [r.verdict for r in results]
     overall = aggregate(verdicts)
-    rpm, rpm_source = results[0][2], results[0][3]
+    rpm, rpm_source = results[0].rpm, results[0].rpm_source
+    if rpm_source == "message":  # offline, the speed came from the command line or the file
+        rpm_source = "argument" if args.rpm is not None else "recording"
     report: dict[str, object] = {
         "source": str(args.path),
         "fs": recording.fs,
@@ -83,14 +85,15 @@ def run(args: argparse.Namespace) -> int:
         report["per_window"] = [
             {
                 "offset_s": w.meta.get("offset_s"),
-                "label": v.label,
-                "confidence": round(v.confidence, 4),
-                "reason": v.reason,
+                "label": r.verdict.label,
+                "confidence": round(r.verdict.confidence, 4),
+                "reason": r.verdict.reason,
                 "neighbours": [
-                    {"id": n.id, "label": n.label, "score": round(n.score, 4)} for n in nb[:3]
+                    {"id": n.id, "label": n.label, "score": round(n.score, 4)}
+                    for n in r.neighbours[:3]
                 ],
             }
-            for w, (v, nb, *_rest) in zip(windows, results, strict=True)
+            for w, r in zip(windows, results, strict=True)
         ]
     if args.json:
         print(json.dumps(report, indent=2))
