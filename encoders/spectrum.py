@@ -49,6 +49,7 @@ F32 = npt.NDArray[np.float32]
 
 MODEL_FAMILY = "faultline-order-envelope-v1"
 MIN_SAMPLES = 256
+_RPM_CACHE_SIZE = 256
 """Shorter windows (after resampling) cannot resolve the shaft orders the features need."""
 
 # Typical spread (RMS about the mean, per element) of each block over CWRU windows of all
@@ -91,6 +92,7 @@ class SpectrumEncoder:
         ident = f"{self.params.digest()}|{self.target_fs:g}|{self.window_s:g}|{scales}"
         self.model_id = f"{MODEL_FAMILY}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
         self._layout = {view: self._block_layout(view) for view in ("window", "spectrum")}
+        self._weights = {view: self._block_weights(view) for view in ("window", "spectrum")}
         self._rpm_cache: OrderedDict[int, tuple[Measurement, float]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -126,9 +128,13 @@ class SpectrumEncoder:
 
     def weights(self, view: View) -> F64:
         """Per-feature multipliers: block weight / (typical scale * sqrt(block size))."""
+        return self._weights[view].copy()
+
+    def _block_weights(self, view: View) -> F64:
+        values = asdict(self.params)
         parts = []
         for block, names in self._layout[view]:
-            w = float(asdict(self.params)[f"w_{block}"])
+            w = float(values[f"w_{block}"])
             parts.append(np.full(len(names), w / (_BLOCK_SCALE[block] * math.sqrt(len(names)))))
         return np.concatenate(parts)
 
@@ -144,7 +150,7 @@ class SpectrumEncoder:
     def encode(self, items: Sequence[Measurement]) -> F32:
         """(n, dim(view)) float32, rows L2-normalised; all items must share one view."""
         view, feats = self._features(items)
-        weighted = feats * self.weights(view)
+        weighted = feats * self._weights[view]
         norms = np.linalg.norm(weighted, axis=1, keepdims=True)
         out: F32 = (weighted / np.maximum(norms, 1e-12)).astype(np.float32)
         return out
@@ -154,7 +160,11 @@ class SpectrumEncoder:
         return self._features(items)[1].astype(np.float32)
 
     def describe_rpm(self, item: Measurement) -> tuple[float, str]:
-        """Speed used for ``item`` and where it came from (``message`` or ``estimated``)."""
+        """Speed used for ``item`` and where it came from (``message`` or ``estimated``).
+
+        The runtime copies an asset's configured rpm into the message before encoding, so
+        ``message`` covers both; an estimate made by ``encode`` is reused, not redone.
+        """
         if item.rpm is not None:
             return float(item.rpm), "message"
         with self._lock:
@@ -162,7 +172,7 @@ class SpectrumEncoder:
         if hit is not None and hit[0] is item:
             return hit[1], "estimated"
         if isinstance(item, Window):
-            x, _ = self._prepare_windows([item])
+            x = self._prepare_windows([item])
             mag = hann_spectra_from_rfft(sfft.rfft(x, axis=-1), x.shape[-1])
             rpm = float(estimate_rpm(mag, self.target_fs / x.shape[-1])[0])
         else:
@@ -195,7 +205,7 @@ class SpectrumEncoder:
             raise ValueError("non-finite features; check the measurement values")
         return view, out
 
-    def _prepare_windows(self, items: Sequence[Window]) -> tuple[F64, float]:
+    def _prepare_windows(self, items: Sequence[Window]) -> F64:
         """Stack equal-shaped windows, cut to ``window_s`` and resample to ``target_fs``."""
         fs = float(items[0].fs)
         keep = min(len(items[0].samples), max(1, math.ceil(self.window_s * fs)))
@@ -209,7 +219,7 @@ class SpectrumEncoder:
                 f"window too short: {x.shape[-1]} samples at {self.target_fs:g} Hz, "
                 f"need at least {MIN_SAMPLES}"
             )
-        return x, fs
+        return x
 
     def _rpms(self, items: Sequence[Measurement], mag: F64, df: float) -> F64:
         rpm = np.array([np.nan if it.rpm is None else float(it.rpm) for it in items])
@@ -217,15 +227,20 @@ class SpectrumEncoder:
         if missing.any():
             rpm[missing] = estimate_rpm(mag[missing], df)
             self._remember([it for it, m in zip(items, missing, strict=True) if m], rpm[missing])
-        if np.any(rpm <= 0):
-            raise ValueError("rpm must be positive")
+        if not np.all(np.isfinite(rpm)) or np.any(rpm <= 0):
+            raise ValueError("rpm must be a positive finite number")
         return rpm
 
     def _remember(self, items: Sequence[Measurement], rpms: F64) -> None:
+        """Keep the last estimates (bounded) so ``describe_rpm`` after ``encode`` is free.
+
+        Keyed by object identity and holding the item itself, so a recycled id can never
+        return another measurement's speed.
+        """
         with self._lock:
             for item, rpm in zip(items, rpms, strict=True):
                 self._rpm_cache[id(item)] = (item, float(rpm))
-            while len(self._rpm_cache) > 512:
+            while len(self._rpm_cache) > _RPM_CACHE_SIZE:
                 self._rpm_cache.popitem(last=False)
 
     def _orders(self, items: Sequence[Measurement]) -> F64:
@@ -240,7 +255,7 @@ class SpectrumEncoder:
 
     def _window_group(self, items: Sequence[Window]) -> F64:
         p = self.params
-        x, _ = self._prepare_windows(items)
+        x = self._prepare_windows(items)
         n = x.shape[-1]
         df = self.target_fs / n
         spec = sfft.rfft(x, axis=-1)

@@ -150,8 +150,6 @@ def _refine(mag: F64, white: F64, df: float, coarse: F64) -> F64:
             denom = a - 2 * b + c
             offset = 0.5 * (a - c) / denom if denom < 0 else 0.0
             estimate = (i + float(np.clip(offset, -0.5, 0.5))) * df / k
-            if abs(estimate / f0 - 1) > _OCTAVE_TOL:
-                continue
             weight = k * float(white[row, i])
             total += weight * estimate
             weight_sum += weight

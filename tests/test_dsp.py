@@ -15,6 +15,7 @@ from faultline.encoders.dsp import (
     resample_to,
 )
 from faultline.encoders.signals import Window
+from faultline.encoders.speed import estimate_rpm
 
 FS = 12000.0
 
@@ -104,3 +105,20 @@ def test_hann_from_rfft_equals_windowed_fft(n: int) -> None:
 def test_band_above_nyquist_rejected() -> None:
     with pytest.raises(ValueError, match="Nyquist"):
         envelope_spectrum(np.zeros(4000), 4000.0, (2500.0, 3000.0))
+
+
+def test_rpm_from_shaft_lines_and_sidebands_despite_mains() -> None:
+    rng = np.random.default_rng(3)
+    t = np.arange(12000) / FS
+    shaft = 24.3  # 1458 rpm: no multiple of it sits on a mains line
+    x = 0.1 * rng.standard_normal(t.size)
+    for k, amp in ((1, 0.3), (2, 0.2), (3, 0.15)):
+        x += amp * np.sin(2 * np.pi * k * shaft * t + k)
+    # Mid-frequency lines (gear/vane/electrical) modulated by the shaft: sidebands.
+    for carrier in (410.0, 655.0):
+        x += 0.3 * (1 + 0.6 * np.sin(2 * np.pi * shaft * t)) * np.sin(2 * np.pi * carrier * t)
+    for f, amp in ((60.0, 0.3), (120.0, 0.6), (180.0, 0.2)):  # a mains series
+        x += amp * np.sin(2 * np.pi * f * t)
+    rpm = estimate_rpm(amplitude_spectra(x), 1.0)
+    assert rpm.shape == (1,)
+    assert rpm[0] == pytest.approx(60 * shaft, rel=0.005)
