@@ -10,6 +10,7 @@ which is how balena device variables reach the agent.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -373,7 +374,15 @@ class Settings(_Section):
             return self.mqtt.client_id
         env = os.environ if env is None else env
         uuid = env.get("BALENA_DEVICE_UUID", "").strip()
-        base = uuid[:12] if uuid else socket.gethostname()
+        if uuid:
+            base = uuid[:12]
+        else:
+            # Hostnames repeat across a fleet (every Pi is "raspberrypi"); the machine id
+            # does not, and it survives reboots, so the broker still resumes our session.
+            base = socket.gethostname()
+            machine_id = _machine_id()
+            if machine_id:
+                base = f"{base[:40]}-{hashlib.sha256(machine_id.encode()).hexdigest()[:8]}"
         base = re.sub(r"[^A-Za-z0-9_-]", "-", base).strip("-") or "gateway"
         return f"faultline-{base}"[:_CLIENT_ID_MAX]
 
@@ -389,6 +398,17 @@ class Settings(_Section):
         if self.library.path is not None:
             return self.library.path.expanduser()
         return self.resolved_data_dir(env) / "library"
+
+
+def _machine_id() -> str | None:
+    for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            value = Path(candidate).read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if value:
+            return value
+    return None
 
 
 def default_yaml_text() -> str:

@@ -22,6 +22,7 @@ from scipy.ndimage import uniform_filter1d
 from faultline.encoders.geometry import BearingGeometry
 
 __all__ = [
+    "TIME_STAT_NAMES",
     "FeatureParams",
     "band_profile",
     "characteristic_orders",
@@ -60,7 +61,8 @@ class FeatureParams:
     # spectrum._BLOCK_SCALE) and by sqrt(block size), so a weight is roughly the block's
     # share of the vector's variation whatever its length. Chosen on CWRU
     # leave-one-fault-size-out over a coarse grid, preferring the plateau over the peak
-    # (numbers in bench/quick_eval.py's report): the comb and raw-profile blocks carry
+    # (so that evaluation is optimistic by the selection; bench/quick_eval.py prints the
+    # ablations). What the grid said: the comb and raw-profile blocks carry
     # most of the cross-bearing signal; time statistics and the gain-dependent levels
     # separate healthy from damaged but track fault size more than fault type, so they
     # stay small; the raw lines carry the rig's own healthy lines (3.6x and 5.4x shaft

@@ -104,8 +104,8 @@ class SpectrumEncoder:
         profile_names = tuple(f"band{i:02d}" for i in range(self.params.profile_bands))
         if view == "window":
             return [
-                ("time", ("log_kurtosis", "log_crest", "skewness")),
-                ("time_gain", ("log_rms", "log_peak_to_peak")),
+                ("time", ft.TIME_STAT_NAMES[:3]),
+                ("time_gain", ft.TIME_STAT_NAMES[3:]),
                 ("env_lines", tuple(f"env_{n}" for n in line_names)),
                 ("env_orders", tuple(f"env_{n}" for n in order_names)),
                 ("raw_profile", tuple(f"raw_{n}" for n in profile_names)),

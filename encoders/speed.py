@@ -16,8 +16,12 @@ The winner is then checked for an octave error: if f0/3 or f0/2 scores within 80
 the lower candidate is taken, because a true fundamental's multiples also score well.
 Finally the three harmonics' interpolated peaks refine the estimate below the bin
 spacing. Measured on CWRU 1-s windows (12 kHz, all loads, plus 97 and the 48 kHz records
-resampled; hop 0.5 s): 719 of 720 windows within 1 % of the file's rpm, 697 within 0.5 %,
-median error 0.09 %.
+resampled; hop 0.5 s): 719 of 720 windows within 1 % of the file's rpm, 702 within 0.5 %,
+median error 0.09 %. The harmonic sum alone managed about 70 % (the 1.8x family and
+mains win); the line-spacing term is what makes it work.
+
+Resolution matters: with 1-s spectra (1 Hz bins) or finer it works as above; 8192-point
+spectra at 12 kHz (1.46 Hz) still give 98.7 %, 4096-point ones (2.9 Hz) only 44 %.
 """
 
 from __future__ import annotations
@@ -150,6 +154,10 @@ def _refine(mag: F64, white: F64, df: float, coarse: F64) -> F64:
             denom = a - 2 * b + c
             offset = 0.5 * (a - c) / denom if denom < 0 else 0.0
             estimate = (i + float(np.clip(offset, -0.5, 0.5))) * df / k
+            # A neighbouring line (mains next to 2x or 4x shaft) would move the estimate
+            # by more than the coarse grid's own error; skip it.
+            if abs(estimate - f0) > max(_OCTAVE_TOL * f0, 0.6 * df / k):
+                continue
             weight = k * float(white[row, i])
             total += weight * estimate
             weight_sum += weight
