@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from faultline.agent import __version__
+from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
 from faultline.agent.metrics import Counters, Sequence
 from faultline.agent.pipeline import Diagnosis, Job, Pipeline, VerdictPolicy
 from faultline.agent.settings import Settings
@@ -106,13 +107,29 @@ class Agent:
         settings: Settings,
         library: FaultLibrary,
         encoder: SpectrumEncoder | None = None,
+        *,
+        library_root: Path | None = None,
     ) -> None:
         self.settings = settings
         self.counters = Counters()
         self.topics = topics_from_settings(settings)
         self.client_id = self.topics.client_id
-        self._library = library
         self._encoder = encoder or encoder_from_settings(settings)
+        self.library = LibraryHolder(library)
+        # Hot swap needs to know where versions are published; tests that hand in a
+        # library object without a root simply run without watching.
+        self.watcher = (
+            LibraryWatcher(
+                library_root,
+                self.library,
+                expected_model_id=self._encoder.model_id,
+                interval_s=settings.library.watch_interval_s,
+                on_swap=self._on_library_swap,
+                on_refused=self._on_library_refused,
+            )
+            if library_root is not None
+            else None
+        )
         self._limits = limits_from_settings(settings)
         self._alert_seq = Sequence()
         self._error_seq = Sequence()
@@ -121,7 +138,7 @@ class Agent:
         pipe = settings.pipeline
         self.pipeline = Pipeline(
             encoder=self._encoder,
-            library=lambda: self._library,
+            library=lambda: self.library.current,
             on_diagnosis=self._publish_alert,
             on_failure=self._on_pipeline_failure,
             policy=VerdictPolicy(
@@ -148,11 +165,13 @@ class Agent:
         self.pipeline.start()
         self.transport.subscribe(self.topics.subscriptions(), qos=self.settings.mqtt.qos)
         self.transport.start()
+        if self.watcher is not None:
+            self.watcher.start()
         log.info(
             "agent %s started: library %s (%s), subscribed to %s",
             self.client_id,
-            self._library.version,
-            self._library.model_id,
+            self.library.current.version,
+            self.library.current.model_id,
             ", ".join(self.topics.subscriptions()),
         )
 
@@ -161,10 +180,13 @@ class Agent:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.watcher is not None:
+            self.watcher.stop()
         left = self.pipeline.stop(self.settings.pipeline.drain_timeout_s)
         if left:
             log.warning("%d queued windows were not processed before the drain bound", left)
         self.transport.stop()
+        self.library.close()
         log.info("agent stopped; counters %s", json.dumps(self.counters.snapshot()))
 
     def run_forever(self, stop_event: threading.Event | None = None) -> None:
@@ -180,6 +202,9 @@ class Agent:
 
     # -- intake (paho's network thread) ---------------------------------------------
     def _on_message(self, message: InboundMessage) -> None:
+        if message.topic in self.topics.commands:
+            self._on_command(message)
+            return
         self.counters.add("received")
         route = self.topics.classify(message.topic)
         if route is None:
@@ -218,6 +243,35 @@ class Agent:
         if item.geometry is None and geometry is not None:
             changes["geometry"] = geometry
         return dataclasses.replace(item, **changes) if changes else item  # type: ignore[arg-type]
+
+    def _on_command(self, message: InboundMessage) -> None:
+        """Operator commands: ``{"command": "reload_library"}`` or ``{"command": "status"}``."""
+        self.counters.add("commands")
+        try:
+            command = json.loads(message.payload).get("command")
+        except (ValueError, AttributeError):
+            command = None
+        if command == "reload_library" and self.watcher is not None:
+            self.watcher.request_check()
+        elif command == "status":
+            self.transport.publish_status()
+        else:
+            known = "reload_library, status" if self.watcher is not None else "status"
+            self._reject(
+                message.topic, None, "unknown_command", f"expected {{'command': one of {known}}}"
+            )
+
+    def _on_library_swap(self, old: FaultLibrary, new: FaultLibrary) -> None:
+        self.counters.add("library_swaps")
+        self.transport.publish_status()
+
+    def _on_library_refused(self, version: str, reason: str) -> None:
+        self._reject(
+            f"{self.watcher.root if self.watcher else ''}/current",
+            None,
+            "library_refused",
+            f"version {version} refused, still serving {self.library.current.version}: {reason}",
+        )
 
     # -- outputs ---------------------------------------------------------------------
     def _publish_alert(self, diagnosis: Diagnosis) -> None:
@@ -267,14 +321,15 @@ class Agent:
             log.exception("could not publish the rejection of %s", topic)
 
     def _status_fields(self) -> dict[str, object]:
-        views = self._library.info().get("views", {})
+        library = self.library.current
+        views = library.info().get("views", {})
         return {
             "agent": self.client_id,
             "version": __version__,
             "since": self._started_at,
             "library": {
-                "version": self._library.version,
-                "model_id": self._library.model_id,
+                "version": library.version,
+                "model_id": library.model_id,
                 "signatures": {view: v.get("count") for view, v in views.items()},
                 "index": {view: v.get("index") for view, v in views.items()},
             },

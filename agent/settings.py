@@ -271,6 +271,12 @@ class EncoderSettings(_Section):
 class LibrarySettings(_Section):
     path: Path | None = Field(default=None, description="Library; unset: <data_dir>/library.")
     rebuild: bool = Field(default=False, description="Rebuild the library at start-up.")
+    watch_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="How often to check for a newly published version (0: only on command).",
+    )
 
 
 class VerdictSettings(_Section):

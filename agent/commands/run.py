@@ -49,9 +49,8 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_stop_signals(stop)
     encoder = encoder_from_settings(settings)
-    library = load_or_build_library(
-        default_library_root(settings), encoder, rebuild=settings.library.rebuild
-    )
+    root = default_library_root(settings)
+    library = load_or_build_library(root, encoder, rebuild=settings.library.rebuild)
     if not stop.is_set():
-        Agent(settings, library, encoder).run_forever(stop)
+        Agent(settings, library, encoder, library_root=root).run_forever(stop)
     return 0

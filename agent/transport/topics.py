@@ -53,10 +53,20 @@ class Topics:
     shared_group: str | None = None
 
     def subscriptions(self) -> list[str]:
-        """Filters to subscribe to; a shared group lets N gateways split one stream."""
+        """Filters to subscribe to; a shared group lets N gateways split one stream.
+
+        Command topics are never shared: every gateway must hear a command meant for all.
+        """
         if self.shared_group:
-            return [f"{SHARED_PREFIX}{self.shared_group}/{f.filter}" for f in self.inputs]
-        return [f.filter for f in self.inputs]
+            inputs = [f"{SHARED_PREFIX}{self.shared_group}/{f.filter}" for f in self.inputs]
+        else:
+            inputs = [f.filter for f in self.inputs]
+        return [*inputs, *self.commands]
+
+    @property
+    def commands(self) -> tuple[str, str]:
+        """Operator commands for this gateway, and for every gateway of the prefix."""
+        return (f"{self.prefix}/commands/{self.client_id}", f"{self.prefix}/commands/all")
 
     def classify(self, topic: str) -> tuple[str, str] | None:
         """Map an inbound topic to ``(kind, asset)``; None for topics we did not ask for."""

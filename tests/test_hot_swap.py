@@ -1,0 +1,135 @@
+"""A running agent switches library versions between batches without failing a window,
+and refuses a corrupt version while the loaded one keeps serving (issue 4, item 4)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from faultline.agent.app import Agent
+from faultline.agent.transport.payloads import encode_window_binary
+from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.fault_library.builder import build_library
+from faultline.fault_library.library import open_current
+from faultline.fault_library.recordings import (
+    ManifestEntry,
+    iter_windows,
+    read_manifest,
+    read_recording,
+)
+from tests.collector import Collector
+from tests.harness import agent_settings, library_segment
+
+pytestmark = pytest.mark.slow
+
+
+def _build(cwru_dir: Path, root: Path, encoder: SpectrumEncoder, seconds: float) -> str:
+    def segment(entry: ManifestEntry) -> tuple[float, float | None]:
+        start, stop = library_segment(entry) or (0.0, None)
+        return (start, min(stop or seconds, seconds))
+
+    build_library(
+        read_manifest(cwru_dir),
+        root,
+        encoder,
+        include=lambda e: library_segment(e) is not None,
+        segment=segment,
+        dataset=f"hot swap test, {seconds} s per record",
+        progress=False,
+    )
+    return open_current(root).version
+
+
+def test_swap_under_load_answers_every_window_then_refuses_a_corrupt_version(
+    mosquitto_session: object,
+    cwru_dir: Path,
+    encoder: SpectrumEncoder,
+    unique_prefix: str,
+    tmp_path: Path,
+) -> None:
+    port = mosquitto_session.port  # type: ignore[attr-defined]
+    root = tmp_path / "library"
+    v1 = _build(cwru_dir, root, encoder, seconds=2.0)
+    settings = agent_settings(port, unique_prefix, FAULTLINE__LIBRARY__WATCH_INTERVAL_S="0.2")
+    agent = Agent(settings, open_current(root), encoder, library_root=root)
+    agent.start()
+    assert agent.transport.wait_connected(10)
+    collector = Collector("127.0.0.1", port, [f"{unique_prefix}/#"])
+    sensor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"s-{uuid.uuid4().hex[:6]}")
+    sensor.connect("127.0.0.1", port)
+    sensor.loop_start()
+    entry = next(e for e in read_manifest(cwru_dir) if e.record_id == "200")
+    recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
+    windows = list(iter_windows(recording, "m", window_s=1.0, hop_s=0.1, ts0=1.7e9))[:80]
+    stop_sending = threading.Event()
+
+    def send() -> None:
+        for window in windows:
+            if stop_sending.is_set():
+                return
+            topic = agent.topics.window("m")
+            sensor.publish(topic, encode_window_binary(window), qos=1).wait_for_publish(5)
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=send)
+    try:
+        sender.start()
+        collector.wait_for(lambda t, b: "/alerts/" in t, count=10, timeout=30)
+        v2 = _build(cwru_dir, root, encoder, seconds=3.0)  # publish while windows flow
+        assert v2 != v1
+        sender.join(timeout=60)
+        alerts = collector.wait_for(lambda t, b: "/alerts/" in t, count=len(windows), timeout=60)
+        versions = [b["library_version"] for _t, b in sorted(alerts, key=lambda a: a[1]["seq"])]
+        # Every window answered, none failed; the swap happened mid-stream, once, for good.
+        assert [b["window_ts"] for _t, b in alerts] == [w.ts for w in windows]
+        assert versions[0] == v1
+        assert versions[-1] == v2
+        switch = versions.index(v2)
+        assert set(versions[switch:]) == {v2}
+        assert not [b for t, b in collector.messages if t.endswith("/errors")]
+        status = collector.wait_for(
+            lambda t, b: "/status/" in t and b.get("library", {}).get("version") == v2
+        )
+        assert status
+
+        # A version that fails verification is refused; v2 keeps serving. Forge one the
+        # way a bad copy or a dying SD card would: a flipped byte, then `current` moved.
+        forged = root / "versions" / "forged-corrupt"
+        shutil.copytree(root / "versions" / v2, forged)
+        index_file = next(forged.glob("index-window*"))
+        data = bytearray(index_file.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        index_file.write_bytes(bytes(data))
+        link = root / "current.forging"
+        link.symlink_to(Path("versions") / forged.name)
+        link.replace(root / "current")
+        [(_t, error)] = collector.wait_for(
+            lambda t, b: t.endswith("/errors") and b.get("code") == "library_refused", timeout=20
+        )
+        assert "forged-corrupt" in error["reason"]
+        assert "sha256" in error["reason"]
+        # Operators can ask for a re-check and a fresh status over MQTT; a typo is reported.
+        for command in ("reload_library", "status", "bogus"):
+            payload = json.dumps({"command": command})
+            sensor.publish(agent.topics.commands[1], payload, qos=1).wait_for_publish(5)
+        [(_t, error)] = collector.wait_for(
+            lambda t, b: t.endswith("/errors") and b.get("code") == "unknown_command", timeout=20
+        )
+        assert "reload_library" in error["reason"]
+        sensor.publish(agent.topics.window("m"), encode_window_binary(windows[0]), qos=1)
+        late = collector.wait_for(lambda t, b: "/alerts/" in t, count=len(windows) + 1)
+        assert sorted(late, key=lambda a: a[1]["seq"])[-1][1]["library_version"] == v2
+        assert agent.counters.get("library_swaps") == 1
+    finally:
+        stop_sending.set()
+        sender.join(timeout=10)
+        sensor.loop_stop()
+        collector.close()
+        agent.stop()
