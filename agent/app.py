@@ -6,6 +6,7 @@ answer); shutdown runs in reverse: stop intake, drain the pipeline, publish ``of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -233,8 +234,6 @@ class Agent:
         asset_cfg = self.settings.assets.get(item.asset)
         if asset_cfg is None:
             return item
-        import dataclasses
-
         changes: dict[str, object] = {}
         if item.rpm is None and asset_cfg.rpm is not None:
             changes["rpm"] = asset_cfg.rpm
@@ -285,7 +284,7 @@ class Agent:
             reason=diagnosis.verdict.reason,
             neighbours=[(n.id, n.label, n.score) for n in diagnosis.neighbours],
             latency_ms=diagnosis.latency_ms,
-            seq=self._alert_seq.next(),
+            seq=0,  # numbered at send time, below
             message_id=new_message_id(),
             rpm=diagnosis.rpm,
             rpm_source=rpm_source,
@@ -294,7 +293,12 @@ class Agent:
             input_kind=diagnosis.view,
             emitted_at=time.time(),
         )
-        self.transport.publish(self.topics.alert(item.asset), encode_alert(record), qos=1)
+        topic = self.topics.alert(item.asset)
+        self._alert_seq.emit(
+            lambda seq: self.transport.publish(
+                topic, encode_alert(dataclasses.replace(record, seq=seq)), qos=1
+            )
+        )
         self.counters.add("alerts")
         self.counters.add(f"alerts.{record.label}")
 
@@ -312,11 +316,15 @@ class Agent:
             code=code,
             reason=reason,
             ts=time.time(),
-            seq=self._error_seq.next(),
+            seq=0,  # numbered at send time, below
             agent_id=self.client_id,
         )
         try:
-            self.transport.publish(self.topics.errors, encode_error(record), qos=1)
+            self._error_seq.emit(
+                lambda seq: self.transport.publish(
+                    self.topics.errors, encode_error(dataclasses.replace(record, seq=seq)), qos=1
+                )
+            )
         except Exception:
             log.exception("could not publish the rejection of %s", topic)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 
 class Counters:
@@ -31,13 +32,18 @@ class Counters:
 
 
 class Sequence:
-    """Monotonically increasing sequence numbers: gaps on the wire reveal lost alerts."""
+    """Monotonically increasing sequence numbers: gaps on the wire reveal lost alerts.
+
+    ``emit`` numbers and sends under one lock, so with several workers the numbers still
+    leave in order (the send only queues into the MQTT client, so the lock is brief).
+    """
 
     def __init__(self, start: int = 0) -> None:
         self._lock = threading.Lock()
         self._value = start
 
-    def next(self) -> int:
+    def emit(self, send: Callable[[int], None]) -> int:
         with self._lock:
             self._value += 1
+            send(self._value)
             return self._value

@@ -251,7 +251,7 @@ class PipelineSettings(_Section):
     batch_wait_ms: float = Field(
         default=5.0, ge=0, le=1000, description="How long a worker waits to fill a batch, ms."
     )
-    workers: int = Field(default=1, ge=1, le=8, description="Worker threads.")
+    workers: int = Field(default=2, ge=1, le=8, description="Worker threads.")
     drain_timeout_s: float = Field(
         default=10.0, ge=0, le=600, description="Time allowed at stop to finish in-flight windows."
     )
