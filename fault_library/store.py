@@ -261,6 +261,10 @@ class SignatureStore:
         by_row = {r["row_index"]: r for r in rows}
         return [by_row[r] for r in wanted if r in by_row]
 
+    def rows(self, view: str) -> list[dict[str, Any]]:
+        """Every row of ``view`` in index order: what a derived version starts from."""
+        return self._select("view = ? ORDER BY row_index", (view,))
+
     def _select(self, where: str, args: tuple[object, ...]) -> list[dict[str, Any]]:
         with self._lock:
             cur = self._conn.execute(f"SELECT * FROM signatures WHERE {where}", args)

@@ -67,7 +67,7 @@ def test_swap_under_load_answers_every_window_then_refuses_a_corrupt_version(
     sensor.loop_start()
     entry = next(e for e in read_manifest(cwru_dir) if e.record_id == "200")
     recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
-    windows = list(iter_windows(recording, "m", window_s=1.0, hop_s=0.1, ts0=1.7e9))[:80]
+    windows = list(iter_windows(recording, "m", window_s=1.0, hop_s=0.05, ts0=1.7e9))[:160]
     stop_sending = threading.Event()
 
     def send() -> None:
@@ -76,7 +76,7 @@ def test_swap_under_load_answers_every_window_then_refuses_a_corrupt_version(
                 return
             topic = agent.topics.window("m")
             sensor.publish(topic, encode_window_binary(window), qos=1).wait_for_publish(5)
-            time.sleep(0.05)
+            time.sleep(0.025)
 
     sender = threading.Thread(target=send)
     try:
@@ -94,7 +94,7 @@ def test_swap_under_load_answers_every_window_then_refuses_a_corrupt_version(
         # With several workers, a batch taken just before the swap may finish just after
         # one taken after it; beyond that overlap every alert comes from v2.
         switch = versions.index(v2)
-        overlap = settings.pipeline.workers * settings.pipeline.batch_max
+        overlap = (settings.pipeline.workers - 1) * settings.pipeline.batch_max
         assert set(versions[switch + overlap :]) == {v2}
         assert set(versions) == {v1, v2}
         assert not [b for t, b in collector.messages if t.endswith("/errors")]
