@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def load_or_build_library(
-    root: Path, encoder: SpectrumEncoder, *, rebuild: bool = False, progress: bool = True
+    root: Path,
+    encoder: SpectrumEncoder,
+    *,
+    rebuild: bool = False,
+    progress: bool = True,
+    shards: list[str] | None = None,
 ) -> FaultLibrary:
     """Open ``root``'s current version; build the default library when there is none.
 
@@ -28,7 +33,7 @@ def load_or_build_library(
     """
     if not rebuild:
         try:
-            return open_current(root, expected_model_id=encoder.model_id)
+            return open_current(root, expected_model_id=encoder.model_id, shards=shards)
         except FileNotFoundError:
             log.info("no fault library at %s yet: building the default one from the demo set", root)
         except LibraryError as exc:
@@ -45,4 +50,4 @@ def load_or_build_library(
         dataset="CWRU demo set (loads 0-2 hp + first half of record 97)",
         progress=progress,
     )
-    return open_current(root, expected_model_id=encoder.model_id)
+    return open_current(root, expected_model_id=encoder.model_id, shards=shards)

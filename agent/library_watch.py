@@ -14,12 +14,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from faultline.fault_library.library import (
-    FaultLibrary,
-    LibraryError,
-    current_version,
-    open_current,
-)
+from faultline.fault_library.library import FaultLibrary, LibraryError, open_if_changed
+from faultline.fault_library.versions import current_target
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +94,24 @@ class LibraryWatcher:
     def check(self) -> bool:
         """Swap if ``current`` names another version that verifies; True when swapped."""
         with self._check_lock:
+            serving = self._holder.current
             try:
-                target = current_version(self.root)
+                library = open_if_changed(
+                    serving, self.root, expected_model_id=self._expected_model_id
+                )
             except OSError as exc:
                 log.warning("cannot read %s/current: %s", self.root, exc)
                 return False
-            if target is None or target == self._holder.current.version:
+            except LibraryError as exc:
+                target = str(current_target(self.root))
+                if target != self._refused:  # report each bad version once
+                    self._refused = target
+                    log.error(
+                        "library %s refused, still serving %s: %s", target, serving.version, exc
+                    )
+                    self._on_refused(Path(target).name, str(exc))
                 return False
-            if target == self._refused:
-                return False  # already reported; wait for a different version
-            try:
-                library = open_current(self.root, expected_model_id=self._expected_model_id)
-            except (LibraryError, OSError) as exc:
-                self._refused = target
-                log.error(
-                    "library version %s refused, still serving %s: %s",
-                    target,
-                    self._holder.current.version,
-                    exc,
-                )
-                self._on_refused(target, str(exc))
+            if library is None:
                 return False
             old = self._holder.swap(library)
             log.info("library swapped: %s -> %s", old.version, library.version)

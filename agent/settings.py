@@ -271,6 +271,10 @@ class EncoderSettings(_Section):
 class LibrarySettings(_Section):
     path: Path | None = Field(default=None, description="Library; unset: <data_dir>/library.")
     rebuild: bool = Field(default=False, description="Rebuild the library at start-up.")
+    shards: list[str] | None = Field(
+        default=None,
+        description="Shard names this gateway serves (e.g. [shard-00, shard-01]); null: all.",
+    )
     watch_interval_s: float = Field(
         default=5.0,
         ge=0,

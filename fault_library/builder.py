@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
@@ -24,14 +25,10 @@ from tqdm import tqdm
 from faultline.encoders.dsp import magnitude_spectrum
 from faultline.encoders.geometry import bearing_preset
 from faultline.encoders.signals import Measurement, Window
-from faultline.fault_library.index import DEFAULT_LARGE_FACTORY, VectorIndex
+from faultline.fault_library.index import DEFAULT_LARGE_FACTORY, EXACT_FACTORY
 from faultline.fault_library.labels import parse_fault_label
-from faultline.fault_library.library import (
-    LibraryError,
-    new_build_dir,
-    publish_version,
-    write_version,
-)
+from faultline.fault_library.library import LibraryError, publish_version
+from faultline.fault_library.novelty import CALIBRATION_KEY, calibrate_library
 from faultline.fault_library.recordings import (
     ManifestEntry,
     RecordingError,
@@ -40,8 +37,17 @@ from faultline.fault_library.recordings import (
     sha256_file,
 )
 from faultline.fault_library.store import VIEWS, StoreError, describe_signature, signature_id
+from faultline.fault_library.versions import new_build_dir, write_lock
+from faultline.fault_library.writer import write_version
 
-__all__ = ["Encoder", "LibraryBuildError", "build_library"]
+__all__ = [
+    "Encoder",
+    "LibraryBuildError",
+    "SignatureSource",
+    "build_library",
+    "check_factory",
+    "embed_windows",
+]
 
 _POSITION = {"DE": "drive-end", "FE": "fan-end", "BA": "base"}
 
@@ -80,11 +86,17 @@ def build_library(
     batch_size: int = 256,
     factory: str | None = None,
     large_factory: str = DEFAULT_LARGE_FACTORY,
+    nprobe: int | None = None,
+    shards: int | Sequence[str] = 1,
     progress: bool = True,
+    calibrate: bool = True,
 ) -> Path:
     """Embed ``entries`` (those ``include`` accepts; ``segment`` gives each one's
-    ``(start_s, stop_s)``), write a verified version under ``out_root`` and make it current.
-    Returns the published version directory."""
+    ``(start_s, stop_s)``), write a verified version with ``shards`` shards under
+    ``out_root`` and make it current. Returns the published version directory.
+
+    ``calibrate``: measure per-class novelty thresholds and the vote temperature on the
+    new library (``fault_library.novelty``) and store them in the manifest's ``source``."""
     chosen = [e for e in entries if include is None or include(e)]
     if not chosen:
         raise LibraryBuildError("no recordings selected for the library")
@@ -94,8 +106,12 @@ def build_library(
         except ValueError as exc:
             where = f"{entry.path.name} (record {entry.record_id})"
             raise LibraryBuildError(f"{where}: {exc}") from None
+    if factory is not None:
+        dim = getattr(encoder, "dim", None)
+        for view in VIEWS:
+            check_factory(factory, int(dim(view)) if callable(dim) else 64, view)
     out_root = Path(out_root)
-    build_dir = new_build_dir(out_root)
+    build_dir: Path | None = None
     try:
         collected = _collect(
             chosen,
@@ -108,41 +124,121 @@ def build_library(
             batch_size=batch_size,
             progress=progress,
         )
-        indexes = {
-            view: VectorIndex.build(
-                np.concatenate(collected.vectors[view]),
-                factory=factory,
-                large_factory=large_factory,
-                progress=_show(progress),
-            )
-            for view in VIEWS
-        }
+        vectors = {view: np.concatenate(collected.vectors[view]) for view in VIEWS}
+        calibration = calibrate_library(vectors, collected.rows) if calibrate else {}
+        build_dir = new_build_dir(out_root)
         write_version(
             build_dir,
             model_id=encoder.model_id,
-            indexes=indexes,
+            vectors=vectors,
             rows=collected.rows,
             model_sha256=getattr(encoder, "model_sha256", None),
+            shards=shards,
+            factory=factory,
+            large_factory=large_factory,
+            nprobe=nprobe,
+            progress=_show(progress),
             source={
                 "dataset": dataset,
                 "channel": channel,
                 "window_s": window_s,
                 "hop_s": hop_s,
                 "recordings": collected.recordings,
+                **({CALIBRATION_KEY: calibration} if calibration else {}),
             },
         )
-        return publish_version(out_root, build_dir, expected_model_id=encoder.model_id)
+        with write_lock(out_root):
+            return publish_version(out_root, build_dir, expected_model_id=encoder.model_id)
     except LibraryBuildError:
         raise
     except (LibraryError, StoreError, OSError, ValueError) as exc:
         raise LibraryBuildError(f"library build abandoned: {exc}") from exc
     finally:
-        if build_dir.exists():  # not renamed into versions/: never published
+        if build_dir is not None and build_dir.exists():  # not renamed: never published
             shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def check_factory(factory: str, dim: int = 64, view: str = "") -> None:
+    """Fail before minutes of encoding if FAISS cannot make ``factory`` for ``dim``."""
+    if factory == EXACT_FACTORY:
+        return
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[-1].split(": ")[-1]
+        what = f" for {dim}-d {view} vectors" if view else f" for {dim}-d vectors"
+        raise LibraryBuildError(
+            f"index factory {factory!r} cannot be built{what} ({detail})"
+        ) from None
 
 
 def _show(progress: bool) -> bool:
     return progress and sys.stderr.isatty()
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureSource:
+    """Where one recording's signatures come from: what their rows cite."""
+
+    record_id: str
+    source: str
+    source_sha256: str
+    label: str
+    dataset: str
+    fault_size_in: float | None = None
+    load_hp: int | None = None
+    bearing: str | None = None
+    channel: str = "DE"
+    note: str | None = None
+    """An engineer's own words, put in front of the generated description (and so in FTS)."""
+
+
+def embed_windows(
+    windows: Sequence[Window],
+    encoder: Encoder,
+    source: SignatureSource,
+    *,
+    rpm: float | None,
+    window_s: float,
+    first_row: Mapping[str, int],
+    batch_size: int = 256,
+) -> tuple[dict[str, npt.NDArray[np.float32]], list[dict[str, Any]]]:
+    """Both views' vectors of ``windows`` and their rows, numbered from ``first_row``."""
+    label = parse_fault_label(source.label)
+    vectors: dict[str, list[npt.NDArray[np.float32]]] = {view: [] for view in VIEWS}
+    rows: list[dict[str, Any]] = []
+    next_row = {view: int(first_row.get(view, 0)) for view in VIEWS}
+    for first in range(0, len(windows), batch_size):
+        batch = windows[first : first + batch_size]
+        encoded = {
+            "window": encoder.encode(batch),
+            "spectrum": encoder.encode([magnitude_spectrum(w) for w in batch]),
+        }
+        for view in VIEWS:
+            matrix = np.asarray(encoded[view], dtype=np.float32)
+            if matrix.shape[0] != len(batch):
+                raise LibraryBuildError(
+                    f"{source.source} (record {source.record_id}): encoder returned "
+                    f"{matrix.shape[0]} {view} vectors for {len(batch)} windows"
+                )
+            vectors[view].append(matrix)
+            for w in batch:
+                rows.append(_row(source, label, w, view, next_row[view], rpm, window_s, encoder))
+                next_row[view] += 1
+    dims = {view: encoder_dim(encoder, view, vectors[view]) for view in VIEWS}
+    return {
+        view: np.concatenate(vectors[view])
+        if vectors[view]
+        else np.zeros((0, dims[view]), np.float32)
+        for view in VIEWS
+    }, rows
+
+
+def encoder_dim(encoder: Encoder, view: str, parts: Sequence[npt.NDArray[np.float32]]) -> int:
+    if parts:
+        return int(parts[0].shape[1])
+    dim = getattr(encoder, "dim", None)
+    return int(dim(view)) if callable(dim) else 0
 
 
 def _collect(
@@ -189,36 +285,30 @@ def _collect(
             )
         except (RecordingError, OSError, ValueError) as exc:
             raise LibraryBuildError(f"{name}: cannot be used: {exc}") from exc
-        for first in range(0, len(windows), batch_size):
-            batch = windows[first : first + batch_size]
-            encoded = {
-                "window": encoder.encode(batch),
-                "spectrum": encoder.encode([magnitude_spectrum(w) for w in batch]),
-            }
-            for view in VIEWS:
-                vectors = np.asarray(encoded[view], dtype=np.float32)
-                if vectors.shape[0] != len(batch):
-                    raise LibraryBuildError(
-                        f"{name}: encoder returned {vectors.shape[0]} {view} vectors "
-                        f"for {len(batch)} windows"
-                    )
-                out.vectors[view].append(vectors)
-                for w in batch:
-                    out.rows.append(
-                        _row(
-                            entry,
-                            w,
-                            view,
-                            next_row[view],
-                            source_sha,
-                            rec.rpm,
-                            window_s,
-                            dataset,
-                            channel,
-                            encoder,
-                        )
-                    )
-                    next_row[view] += 1
+        source = SignatureSource(
+            record_id=entry.record_id,
+            source=entry.path.name,
+            source_sha256=source_sha,
+            label=entry.label,
+            dataset=dataset,
+            fault_size_in=entry.fault_size_in or None,
+            load_hp=entry.load_hp,
+            bearing=entry.bearing,
+            channel=channel,
+        )
+        vectors, rows = embed_windows(
+            windows,
+            encoder,
+            source,
+            rpm=rec.rpm,
+            window_s=window_s,
+            first_row=next_row,
+            batch_size=batch_size,
+        )
+        for view in VIEWS:
+            out.vectors[view].append(vectors[view])
+            next_row[view] += len(vectors[view])
+        out.rows += rows
         out.recordings.append(
             {
                 "record_id": entry.record_id,
@@ -229,51 +319,54 @@ def _collect(
                 "windows": len(windows),
             }
         )
+    if not out.rows:
+        raise LibraryBuildError(
+            f"no windows: every selected recording is shorter than one {window_s} s window"
+        )
     return out
 
 
 def _row(
-    entry: ManifestEntry,
+    source: SignatureSource,
+    label: str,
     window: Window,
     view: str,
     row_index: int,
-    source_sha: str,
     rpm: float | None,
     window_s: float,
-    dataset: str,
-    channel: str,
     encoder: Encoder,
 ) -> dict[str, Any]:
     raw = window.meta.get("offset_s")
     offset = round(float(raw) if isinstance(raw, int | float) else window.ts, 6)
-    label = parse_fault_label(entry.label)
+    generated = describe_signature(
+        label=label,
+        record_id=source.record_id,
+        offset_s=offset,
+        fault_size_in=source.fault_size_in,
+        defect="EDM pit" if source.dataset.upper() == "CWRU" else "defect",
+        bearing=source.bearing,
+        position=_POSITION.get(source.channel.upper()),
+        load_hp=source.load_hp,
+        rpm=rpm,
+        dataset=source.dataset,
+    )
+    note = (source.note or "").strip()
     return {
-        "id": signature_id(source_sha, entry.record_id, offset, window_s, view),
+        "id": signature_id(source.source_sha256, source.record_id, offset, window_s, view),
         "view": view,
         "row_index": row_index,
         "label": label,
-        "fault_size_in": entry.fault_size_in or None,
-        "load_hp": entry.load_hp,
+        "fault_size_in": source.fault_size_in or None,
+        "load_hp": source.load_hp,
         "rpm": rpm,
-        "bearing": entry.bearing,
-        "source": entry.path.name,
-        "record_id": entry.record_id,
+        "bearing": source.bearing,
+        "source": source.source,
+        "record_id": source.record_id,
         "offset_s": offset,
         "window_s": window_s,
-        "dataset": dataset,
-        "source_sha256": source_sha,
+        "dataset": source.dataset,
+        "source_sha256": source.source_sha256,
         "model_id": encoder.model_id,
         "model_version": getattr(encoder, "model_sha256", None),
-        "description": describe_signature(
-            label=label,
-            record_id=entry.record_id,
-            offset_s=offset,
-            fault_size_in=entry.fault_size_in,
-            defect="EDM pit" if dataset.upper() == "CWRU" else "defect",
-            bearing=entry.bearing,
-            position=_POSITION.get(channel.upper()),
-            load_hp=entry.load_hp,
-            rpm=rpm,
-            dataset=dataset,
-        ),
+        "description": f"{note.rstrip('.')}. {generated}" if note else generated,
     }

@@ -1,42 +1,52 @@
-"""A verified, versioned fault library on disk, and the atomic switch between versions.
+"""A verified, versioned, sharded fault library, opened for serving.
 
-A version is an immutable directory::
+``FaultLibrary.open`` checks the manifest, the sha256 and size of every file of the shards
+it loads, the encoder's model id, and that each FAISS index, raw-vector file and store
+agree on their counts, before anything is served. A flipped bit, a truncated copy or a
+library built by another encoder (whose vectors mean nothing to ours) is refused with the
+file named; ``reload_if_changed`` relies on that to keep the old version serving.
 
-    index-window.faiss  index-spectrum.faiss  signatures.sqlite  manifest.json
-
-``manifest.json`` records the sha256 and size of every other file, the encoder's model id,
-and per view the index kind, factory, dimension, metric and count. ``FaultLibrary.open``
-checks all of it before serving, so a flipped bit, a truncated copy or a library built by
-another encoder (whose vectors would be meaningless to ours) is refused with the file named.
-
-A library root holds versions and a ``current`` symlink::
-
-    <root>/versions/<version>/   <root>/current -> versions/<version>
-
-Builds go to ``versions/.tmp-<uuid>``, are fsynced and verified, renamed to their final
-name and only then is ``current`` replaced (tmp symlink + ``os.replace``, atomic on POSIX).
-A crash at any point leaves ``current`` on a complete version.
+A gateway may load every shard or a configured subset; search asks each loaded shard and
+merges their top-k exactly (``shards.merge_topk``). Layout and checksums: ``manifest``;
+writing a version: ``writer``; the root's versions and ``current`` link: ``versions``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
-import os
-import shutil
+import logging
 import sqlite3
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from faultline.fault_library.index import VectorIndex
-from faultline.fault_library.store import SignatureStore, StoreError
+from faultline.fault_library.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    STORE_FILE,
+    LibraryError,
+    VerifyReport,
+    index_file,
+    load_manifest,
+    vectors_file,
+    verify_shard_files,
+)
+from faultline.fault_library.shards import merge_topk, owner
+from faultline.fault_library.store import VIEWS, SignatureStore, StoreError
+from faultline.fault_library.versions import (
+    CURRENT,
+    current_target,
+    current_version,
+    list_versions,
+    new_build_dir,
+    remove_stale_builds,
+    switch_current,
+)
+from faultline.fault_library.writer import write_version
 
 __all__ = [
     "FORMAT_VERSION",
@@ -51,21 +61,12 @@ __all__ = [
     "new_build_dir",
     "open_current",
     "publish_version",
+    "reload_if_changed",
     "remove_stale_builds",
-    "write_manifest",
     "write_version",
 ]
 
-FORMAT_VERSION: Final = 1
-MANIFEST: Final = "manifest.json"
-STORE_FILE: Final = "signatures.sqlite"
-_CURRENT: Final = "current"
-_VERSIONS: Final = "versions"
-_TMP_PREFIX: Final = ".tmp-"
-
-
-class LibraryError(RuntimeError):
-    """A library version cannot be used; the message names the file and the problem."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,242 +76,73 @@ class Neighbour:
     score: float
 
 
-def index_file(view: str) -> str:
-    return f"index-{view}.faiss"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_manifest(
-    version_dir: Path,
-    *,
-    model_id: str,
-    indexes: Mapping[str, VectorIndex],
-    label_counts: Mapping[str, Mapping[str, int]],
-    source: Mapping[str, Any],
-    model_sha256: str | None = None,
-) -> dict[str, Any]:
-    """Hash every file in ``version_dir`` into a new manifest (the last file written)."""
-    files = sorted(p for p in version_dir.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "encoder": {"model_id": model_id, "model_sha256": model_sha256},
-        "views": {
-            view: {
-                "file": index_file(view),
-                "kind": ix.kind,
-                "factory": ix.factory,
-                "describe": ix.describe(),
-                "dim": ix.dim,
-                "metric": ix.metric,
-                "count": ix.ntotal,
-                "nprobe": ix.nprobe,
-                "label_counts": dict(label_counts.get(view, {})),
-            }
-            for view, ix in indexes.items()
-        },
-        "store": STORE_FILE,
-        "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files},
-        "source": dict(source),
-    }
-    path = version_dir / MANIFEST
-    with path.open("w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    return manifest
-
-
-def write_version(
-    version_dir: Path,
-    *,
-    model_id: str,
-    indexes: Mapping[str, VectorIndex],
-    rows: Iterable[Mapping[str, Any]],
-    source: Mapping[str, Any],
-    model_sha256: str | None = None,
-    meta: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Write store, indexes and manifest of one version into an empty ``version_dir``.
-
-    ``rows`` are signature rows whose ``(view, row_index)`` match the indexes' rows. The
-    store is closed before hashing so no journal or cache is left unhashed.
-    """
-    store = SignatureStore(version_dir / STORE_FILE)
-    try:
-        batch: list[Mapping[str, Any]] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= 5_000:
-                store.add_many(batch)
-                batch.clear()
-        store.add_many(batch)
-        for key, value in {"model_id": model_id, **(meta or {})}.items():
-            store.set_meta(key, value)
-        for view, ix in indexes.items():
-            if store.count(view) != ix.ntotal:
-                raise LibraryError(
-                    f"{STORE_FILE}: {store.count(view)} {view} rows for {ix.ntotal} vectors"
-                )
-            store.labels(view)  # proves row_index is exactly 0..n-1
-        label_counts = {view: store.label_counts(view) for view in indexes}
-    finally:
-        store.close()
-    for view, ix in indexes.items():
-        ix.save(version_dir / index_file(view))
-    return write_manifest(
-        version_dir,
-        model_id=model_id,
-        indexes=indexes,
-        label_counts=label_counts,
-        source=source,
-        model_sha256=model_sha256,
-    )
-
-
-def _read_manifest(version_dir: Path) -> tuple[dict[str, Any], str]:
-    path = version_dir / MANIFEST
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise LibraryError(f"{MANIFEST}: missing in {version_dir}") from None
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LibraryError(f"{MANIFEST}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise LibraryError(f"{MANIFEST}: expected a JSON object")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise LibraryError(
-            f"{MANIFEST}: format_version {manifest.get('format_version')!r} is not supported "
-            f"(this build reads {FORMAT_VERSION})"
-        )
-    for key, kind in (("created_at", str), ("encoder", dict), ("views", dict), ("files", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise LibraryError(f"{MANIFEST}: missing or malformed key {key!r}")
-    for view, spec in manifest["views"].items():
-        if not (
-            isinstance(spec, dict)
-            and isinstance(spec.get("dim"), int)
-            and isinstance(spec.get("count"), int)
-        ):
-            raise LibraryError(f"{MANIFEST}: view {view!r} needs integer 'dim' and 'count'")
-    return manifest, hashlib.sha256(raw).hexdigest()
-
-
-def _verify_files(version_dir: Path, manifest: Mapping[str, Any]) -> None:
-    files: Mapping[str, Any] = manifest["files"]
-    required = [STORE_FILE, *(index_file(v) for v in manifest["views"])]
-    for name in required:
-        if name not in files:
-            raise LibraryError(f"{MANIFEST}: does not list {name}")
-    for name, entry in files.items():
-        if Path(name).name != name or name in (".", ".."):
-            raise LibraryError(f"{MANIFEST}: file entry {name!r} is not a plain file name")
-        try:
-            expected_bytes, expected_sha = int(entry["bytes"]), str(entry["sha256"])
-        except (KeyError, TypeError, ValueError):
-            raise LibraryError(f"{MANIFEST}: entry for {name} needs 'bytes' and 'sha256'") from None
-        path = version_dir / name
-        if not path.is_file():
-            raise LibraryError(f"{name}: missing (listed in {MANIFEST})")
-        size = path.stat().st_size
-        if size != expected_bytes:
-            what = "truncated" if size < expected_bytes else "size mismatch"
-            raise LibraryError(
-                f"{name}: {what} (manifest {expected_bytes} bytes, file {size} bytes)"
-            )
-        actual = _sha256(path)
-        if actual != expected_sha:
-            raise LibraryError(
-                f"{name}: sha256 mismatch (manifest {expected_sha[:12]}..., file {actual[:12]}...)"
-            )
+@dataclass(frozen=True, slots=True)
+class _Shard:
+    name: str
+    path: Path
+    indexes: dict[str, VectorIndex]
+    store: SignatureStore
+    labels: dict[str, npt.NDArray[np.str_]]
+    ids: dict[str, npt.NDArray[np.str_]]
 
 
 class FaultLibrary:
-    """An opened, verified version: FAISS indexes per view + the signature store."""
+    """An opened, verified version: per shard a FAISS index per view + a signature store."""
 
     def __init__(
         self,
         path: Path,
         manifest: dict[str, Any],
         manifest_sha256: str,
-        indexes: dict[str, VectorIndex],
-        store: SignatureStore,
+        shards: dict[str, _Shard],
+        verified: VerifyReport,
     ) -> None:
         self.path = path
         self.manifest = manifest
-        self._indexes = indexes
-        self._store = store
-        self._labels: dict[str, npt.NDArray[np.str_]] = {v: store.labels(v) for v in indexes}
-        self._ids: dict[str, npt.NDArray[np.str_]] = {v: store.ids(v) for v in indexes}
+        self.verified = verified
+        self._shards = shards
         # Build time first so names sort by age; the manifest hash tells same-second builds
         # apart and changes if anything in the version does.
         stamp = str(manifest["created_at"]).replace("-", "").replace(":", "")
         self.version = f"{stamp}-{manifest_sha256[:8]}"
 
     @classmethod
-    def open(cls, path: str | Path, *, expected_model_id: str | None = None) -> FaultLibrary:
-        """Verify every checksum and the encoder, then load; raise ``LibraryError`` if not."""
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        expected_model_id: str | None = None,
+        shards: Sequence[str] | None = None,
+    ) -> FaultLibrary:
+        """Verify and load ``shards`` (default: all); raise ``LibraryError`` naming the file."""
         version_dir = Path(path)
         if not version_dir.is_dir():
             raise LibraryError(f"{version_dir}: not a library version directory")
-        manifest, manifest_sha = _read_manifest(version_dir)
+        manifest, manifest_sha = load_manifest(version_dir)
         model_id = manifest["encoder"].get("model_id")
         if expected_model_id is not None and model_id != expected_model_id:
             raise LibraryError(
                 f"{MANIFEST}: built with encoder {model_id!r}, but this agent runs "
                 f"{expected_model_id!r}; rebuild the library with the current encoder"
             )
-        _verify_files(version_dir, manifest)
-        indexes: dict[str, VectorIndex] = {}
-        for view, spec in manifest["views"].items():
-            name = index_file(view)
-            try:
-                ix = VectorIndex.load(version_dir / name, factory=spec.get("factory"))
-            except (RuntimeError, ValueError) as exc:
-                raise LibraryError(f"{name}: cannot be read by FAISS ({exc})") from None
-            if ix.dim != spec["dim"] or ix.ntotal != spec["count"]:
-                raise LibraryError(
-                    f"{name}: holds {ix.ntotal} x {ix.dim}, manifest says "
-                    f"{spec['count']} x {spec['dim']}"
-                )
-            indexes[view] = ix
+        available = list(manifest["sharding"]["shards"])
+        wanted = available if shards is None else list(dict.fromkeys(shards))
+        unknown = [s for s in wanted if s not in available]
+        if unknown or not wanted:
+            raise LibraryError(
+                f"{MANIFEST}: no shard {', '.join(unknown) or '(none asked)'} in this version; "
+                f"it has {', '.join(available)}"
+            )
+        verified = verify_shard_files(version_dir, manifest, wanted)
+        loaded: dict[str, _Shard] = {}
         try:
-            store = SignatureStore(version_dir / STORE_FILE, readonly=True)
-        except (StoreError, sqlite3.Error) as exc:
-            raise LibraryError(f"{STORE_FILE}: cannot be opened ({exc})") from None
-        try:
-            for view, ix in indexes.items():
-                stored = store.count(view)
-                if stored != ix.ntotal:
-                    raise LibraryError(
-                        f"{STORE_FILE}: {stored} {view} signatures, but {index_file(view)} "
-                        f"holds {ix.ntotal}"
-                    )
-            return cls(version_dir, manifest, manifest_sha, indexes, store)
-        except (StoreError, sqlite3.Error) as exc:
-            store.close()
-            raise LibraryError(f"{STORE_FILE}: unusable ({exc})") from None
+            for name in wanted:
+                loaded[name] = _open_shard(version_dir, manifest, name)
         except LibraryError:
-            store.close()
+            for shard in loaded.values():
+                shard.store.close()
             raise
+        return cls(version_dir, manifest, manifest_sha, loaded, verified)
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -319,60 +151,148 @@ class FaultLibrary:
 
     @property
     def views(self) -> tuple[str, ...]:
-        return tuple(self._indexes)
+        """Views in the store's canonical order (the manifest's JSON keys are sorted)."""
+        known = self.manifest["views"]
+        return tuple([v for v in VIEWS if v in known] + sorted(v for v in known if v not in VIEWS))
 
-    def index(self, view: str) -> VectorIndex:
-        try:
-            return self._indexes[view]
-        except KeyError:
-            raise ValueError(f"no {view!r} index; this library has {self.views}") from None
+    @property
+    def shards(self) -> tuple[str, ...]:
+        """Shards loaded here (a gateway may hold a subset)."""
+        return tuple(self._shards)
+
+    @property
+    def all_shards(self) -> tuple[str, ...]:
+        """Every shard of this version, loaded or not."""
+        return tuple(self.manifest["sharding"]["shards"])
+
+    def indexes(self, view: str) -> dict[str, VectorIndex]:
+        self._check_view(view)
+        return {name: shard.indexes[view] for name, shard in self._shards.items()}
+
+    def _check_view(self, view: str) -> None:
+        if view not in self.manifest["views"]:
+            raise ValueError(f"no {view!r} index; this library has {self.views}")
 
     # -- queries ------------------------------------------------------------------------
     def search(self, view: str, vectors: npt.ArrayLike, k: int) -> list[list[Neighbour]]:
-        """Top-``k`` neighbours per query vector. In-memory arrays only: no SQL here."""
-        scores, rows = self.index(view).search(vectors, k)
-        labels, ids = self._labels[view], self._ids[view]
+        """Top-``k`` neighbours per query vector over the loaded shards, merged exactly.
+        In-memory arrays only: no SQL here."""
+        self._check_view(view)
+        shards = list(self._shards.values())
+        scores: list[npt.NDArray[np.float32]] = []
+        ids: list[npt.NDArray[np.str_]] = []
+        rows: list[npt.NDArray[np.int64]] = []
+        for shard in shards:
+            s, r = shard.indexes[view].search(vectors, k)
+            found = shard.ids[view][np.clip(r, 0, None)]
+            scores.append(s)
+            ids.append(np.where(r >= 0, found, ""))
+            rows.append(r)
         out: list[list[Neighbour]] = []
-        for score_row, index_row in zip(scores.tolist(), rows.tolist(), strict=True):
+        for q, hits in enumerate(merge_topk(scores, ids, k)):
             out.append(
                 [
-                    Neighbour(str(ids[r]), str(labels[r]), float(s))
-                    for s, r in zip(score_row, index_row, strict=True)
-                    if r >= 0
+                    Neighbour(
+                        h.id, str(shards[h.shard].labels[view][rows[h.shard][q, h.column]]), h.score
+                    )
+                    for h in hits
                 ]
             )
         return out
 
     def describe(self, ids: Sequence[str]) -> list[dict[str, Any]]:
-        """Full signature rows for reports, in the order asked."""
-        return self._store.get(ids)
+        """Full signature rows (+ ``shard``) for reports, in the order asked; ids of shards
+        not loaded here are left out."""
+        groups: dict[str, list[str]] = {}
+        for signature_id in dict.fromkeys(ids):
+            groups.setdefault(owner(signature_id, self.all_shards), []).append(signature_id)
+        found: dict[str, dict[str, Any]] = {}
+        for name, group in groups.items():
+            shard = self._shards.get(name)
+            if shard is not None:
+                for row in shard.store.get(group):
+                    found[row["id"]] = {**row, "shard": name}
+        return [found[i] for i in ids if i in found]
 
     def search_text(self, query: str, limit: int = 10) -> list[dict[str, Any]]:
-        return self._store.search_text(query, limit)
+        """FTS5 over descriptions in every loaded shard, merged by bm25 rank (lower first)."""
+        hits = [
+            {**hit, "shard": name}
+            for name, shard in self._shards.items()
+            for hit in shard.store.search_text(query, limit)
+        ]
+        hits.sort(key=lambda h: (float(h.get("rank") or 0.0), str(h["id"])))
+        return hits[:limit]
+
+    # -- raw contents (for deriving a new version) ----------------------------------------
+    def export(self, view: str) -> tuple[npt.NDArray[np.float32], list[dict[str, Any]]]:
+        """Every vector of ``view`` and its row, shard by shard (needs all shards loaded)."""
+        self._check_view(view)
+        missing = [s for s in self.all_shards if s not in self._shards]
+        if missing:
+            raise LibraryError(f"cannot export {view}: shard(s) {', '.join(missing)} not loaded")
+        parts: list[npt.NDArray[np.float32]] = []
+        rows: list[dict[str, Any]] = []
+        for shard in self._shards.values():
+            parts.append(np.load(shard.path / vectors_file(view), allow_pickle=False))
+            rows += shard.store.rows(view)
+        dim = int(self.manifest["views"][view]["dim"])
+        vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        return vectors.astype(np.float32, copy=False), rows
 
     def info(self) -> dict[str, Any]:
+        shard_specs = self.manifest["shards"]
+        views: dict[str, Any] = {}
+        for view in self.views:
+            spec = self.manifest["views"][view]
+            labels: dict[str, int] = {}
+            for name in self._shards:
+                for label, n in shard_specs[name]["views"][view].get("label_counts", {}).items():
+                    labels[label] = labels.get(label, 0) + int(n)
+            parts = self.indexes(view)
+            views[view] = {
+                "index": _view_line(parts, {n: shard_specs[n]["views"][view] for n in parts}),
+                "kind": "/".join(sorted({ix.kind for ix in parts.values()})),
+                "factory": "/".join(sorted({ix.factory for ix in parts.values()})),
+                "dim": spec["dim"],
+                "count": sum(ix.ntotal for ix in parts.values()),
+                "count_all_shards": spec["count"],
+                "label_counts": dict(sorted(labels.items())),
+            }
         return {
             "version": self.version,
             "path": str(self.path),
             "created_at": self.manifest["created_at"],
             "model_id": self.model_id,
-            "views": {
-                view: {
-                    "index": ix.describe(),
-                    "kind": ix.kind,
-                    "factory": ix.factory,
-                    "dim": ix.dim,
-                    "count": ix.ntotal,
-                    "label_counts": self._store.label_counts(view),
+            "format_version": self.manifest["format_version"],
+            "views": views,
+            "sharding": {
+                "scheme": self.manifest["sharding"]["scheme"],
+                "shards": list(self.all_shards),
+                "loaded": list(self.shards),
+            },
+            "shards": {
+                name: {
+                    "loaded": name in self._shards,
+                    "path": str(self.path / entry["dir"]),
+                    "views": entry["views"],
                 }
-                for view, ix in self._indexes.items()
+                for name, entry in shard_specs.items()
             },
             "source": self.manifest.get("source", {}),
-            "files": {name: str(self.path / name) for name in self.manifest["files"]},
+            "files": {
+                MANIFEST: str(self.path / MANIFEST),
+                **{
+                    f"{shard_specs[name]['dir']}/{f}": str(self.path / shard_specs[name]["dir"] / f)
+                    for name in self._shards
+                    for f in shard_specs[name]["files"]
+                },
+            },
         }
 
     def close(self) -> None:
-        self._store.close()
+        for shard in self._shards.values():
+            shard.store.close()
 
     def __enter__(self) -> FaultLibrary:
         return self
@@ -381,67 +301,132 @@ class FaultLibrary:
         self.close()
 
 
-# -- library root: versions + current ------------------------------------------------------
-def new_build_dir(root: str | Path) -> Path:
-    """A fresh hidden directory under ``<root>/versions`` that nothing serves from."""
-    versions = Path(root) / _VERSIONS
-    versions.mkdir(parents=True, exist_ok=True)
-    path = versions / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-    path.mkdir()
-    return path
+def _view_line(parts: dict[str, VectorIndex], specs: dict[str, dict[str, Any]]) -> str:
+    """One line saying which search runs for a view, and why (from the build's choice)."""
+    if len(parts) == 1:
+        ((name, ix),) = parts.items()
+        reason = specs[name].get("reason")
+        return str(reason) if ix.kind == "exact" and reason else ix.describe()
+    total = sum(ix.ntotal for ix in parts.values())
+    if all(ix.kind == "exact" for ix in parts.values()):
+        largest = max(parts, key=lambda n: parts[n].ntotal)
+        why = specs[largest].get("reason") or parts[largest].describe()
+        why = str(why).removeprefix("exact (FlatIP): ")
+        return f"exact (FlatIP): {total:,} vectors in {len(parts)} shards (largest shard: {why})"
+    return "; ".join(f"{name}: {ix.describe()}" for name, ix in parts.items())
 
 
+def _open_shard(version_dir: Path, manifest: dict[str, Any], name: str) -> _Shard:
+    entry = manifest["shards"][name]
+    directory = version_dir / entry["dir"]
+    rel = f"{entry['dir']}/"
+    indexes: dict[str, VectorIndex] = {}
+    for view, spec in entry["views"].items():
+        dim, count = manifest["views"][view]["dim"], spec["count"]
+        try:
+            ix = VectorIndex.load(directory / index_file(view), factory=spec.get("factory"))
+        except (RuntimeError, ValueError) as exc:
+            raise LibraryError(
+                f"{rel}{index_file(view)}: cannot be read by FAISS ({exc})"
+            ) from None
+        if ix.dim != dim or ix.ntotal != count:
+            raise LibraryError(
+                f"{rel}{index_file(view)}: holds {ix.ntotal} x {ix.dim}, manifest says "
+                f"{count} x {dim}"
+            )
+        try:
+            raw = np.load(directory / vectors_file(view), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise LibraryError(f"{rel}{vectors_file(view)}: not a .npy array ({exc})") from None
+        if raw.dtype != np.float32 or raw.shape != (count, dim):
+            raise LibraryError(
+                f"{rel}{vectors_file(view)}: holds {raw.shape} {raw.dtype}, manifest says "
+                f"({count}, {dim}) float32"
+            )
+        del raw
+        indexes[view] = ix
+    try:
+        store = SignatureStore(directory / STORE_FILE, readonly=True)
+    except (StoreError, sqlite3.Error) as exc:
+        raise LibraryError(f"{rel}{STORE_FILE}: cannot be opened ({exc})") from None
+    try:
+        for view, ix in indexes.items():
+            stored = store.count(view)
+            if stored != ix.ntotal:
+                raise LibraryError(
+                    f"{rel}{STORE_FILE}: {stored} {view} signatures, but {index_file(view)} "
+                    f"holds {ix.ntotal}"
+                )
+        labels = {view: store.labels(view) for view in indexes}
+        ids = {view: store.ids(view) for view in indexes}
+    except (StoreError, sqlite3.Error) as exc:
+        store.close()
+        raise LibraryError(f"{rel}{STORE_FILE}: unusable ({exc})") from None
+    except LibraryError:
+        store.close()
+        raise
+    return _Shard(name, directory, indexes, store, labels, ids)
+
+
+# -- library root: publish, open, reload ----------------------------------------------------
 def publish_version(
     root: str | Path, built_dir: str | Path, *, expected_model_id: str | None = None
 ) -> Path:
-    """Verify ``built_dir``, move it to ``versions/<version>`` and point ``current`` at it."""
-    root, built_dir = Path(root), Path(built_dir)
+    """Verify ``built_dir`` (every shard), move it to ``versions/<version>`` and point
+    ``current`` at it. Returns the published directory."""
     with FaultLibrary.open(built_dir, expected_model_id=expected_model_id) as lib:
         version = lib.version
-    for child in built_dir.iterdir():  # data is durable before any name points at it
-        with child.open("rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(built_dir)
-    versions = root / _VERSIONS
-    versions.mkdir(parents=True, exist_ok=True)
-    final = versions / version
-    if final.exists():
-        raise LibraryError(f"{final}: version already exists")
-    os.rename(built_dir, final)
-    _fsync_dir(versions)
-    tmp_link = root / f"{_TMP_PREFIX}{_CURRENT}-{uuid.uuid4().hex}"
-    os.symlink(Path(_VERSIONS) / version, tmp_link)
-    os.replace(tmp_link, root / _CURRENT)
-    _fsync_dir(root)
-    return final
+    try:
+        return switch_current(root, built_dir, version)
+    except FileExistsError as exc:
+        raise LibraryError(str(exc)) from None
 
 
-def current_version(root: str | Path) -> str | None:
-    link = Path(root) / _CURRENT
-    if not link.is_symlink():
-        return None
-    return Path(os.readlink(link)).name
-
-
-def list_versions(root: str | Path) -> list[str]:
-    """Published versions, oldest first (names start with the build time)."""
-    versions = Path(root) / _VERSIONS
-    if not versions.is_dir():
-        return []
-    return sorted(p.name for p in versions.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def remove_stale_builds(root: str | Path) -> list[Path]:
-    """Delete ``.tmp-*`` leftovers of builds that crashed (never served from)."""
-    versions = Path(root) / _VERSIONS
-    stale = sorted(versions.glob(f"{_TMP_PREFIX}*")) if versions.is_dir() else []
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale
-
-
-def open_current(root: str | Path, *, expected_model_id: str | None = None) -> FaultLibrary:
-    link = Path(root) / _CURRENT
-    if not link.is_symlink():
+def open_current(
+    root: str | Path,
+    *,
+    expected_model_id: str | None = None,
+    shards: Sequence[str] | None = None,
+) -> FaultLibrary:
+    target = current_target(root)
+    if target is None:
+        link = Path(root) / CURRENT
         raise LibraryError(f"{link}: no published library version (run `faultline library build`)")
-    return FaultLibrary.open(link.resolve(), expected_model_id=expected_model_id)
+    return FaultLibrary.open(target, expected_model_id=expected_model_id, shards=shards)
+
+
+def open_if_changed(
+    current: FaultLibrary, root: str | Path, *, expected_model_id: str | None = None
+) -> FaultLibrary | None:
+    """A newly opened library if ``<root>/current`` now points at another version, else
+    None; raises ``LibraryError`` (naming the file) when that version fails verification.
+    The same shards as ``current`` are loaded, and by default the same encoder is required.
+    """
+    target = current_target(root)
+    if target is None or target == current.path.resolve():
+        return None
+    subset = None if set(current.shards) == set(current.all_shards) else current.shards
+    try:
+        return FaultLibrary.open(
+            target,
+            expected_model_id=current.model_id if expected_model_id is None else expected_model_id,
+            shards=subset,
+        )
+    except OSError as exc:
+        raise LibraryError(f"{target.name}: {exc}") from exc
+
+
+def reload_if_changed(
+    current: FaultLibrary, root: str | Path, *, expected_model_id: str | None = None
+) -> FaultLibrary | None:
+    """Like ``open_if_changed``, but a refused version is logged and None returned, so the
+    caller keeps serving ``current``; the caller closes ``current`` once no search uses it.
+    """
+    try:
+        return open_if_changed(current, root, expected_model_id=expected_model_id)
+    except OSError as exc:
+        log.warning("cannot read %s/%s: %s", root, CURRENT, exc)
+        return None
+    except LibraryError as exc:
+        log.error("library version refused, still serving %s: %s", current.version, exc)
+        return None

@@ -86,11 +86,13 @@ def write_manifest(
     views: Mapping[str, Mapping[str, Any]],
     shards: Mapping[str, Mapping[str, Any]],
     source: Mapping[str, Any],
+    index_policy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Hash every file of every shard and write the manifest (the last file of a build).
 
     ``views``: per view ``dim``, ``count``, ``label_counts`` (whole library);
-    ``shards``: per shard ``views`` (per-shard count, index kind, factory and why).
+    ``shards``: per shard ``views`` (per-shard count, index kind, factory and why);
+    ``index_policy``: how indexes were chosen, so a derived version chooses the same way.
     """
     shard_entries: dict[str, Any] = {}
     for name, spec in shards.items():
@@ -113,6 +115,7 @@ def write_manifest(
             "shards": list(shards),
         },
         "shards": shard_entries,
+        "index_policy": dict(index_policy or {}),
         "source": dict(source),
     }
     path = version_dir / MANIFEST
@@ -215,7 +218,9 @@ def verify_shard_files(
             try:
                 expected_bytes, expected_sha = int(spec["bytes"]), str(spec["sha256"])
             except (KeyError, TypeError, ValueError):
-                raise LibraryError(f"{MANIFEST}: entry for {rel} needs 'bytes' and 'sha256'") from None
+                raise LibraryError(
+                    f"{MANIFEST}: entry for {rel} needs 'bytes' and 'sha256'"
+                ) from None
             path = version_dir / rel
             if not path.is_file():
                 raise LibraryError(f"{rel}: missing (listed in {MANIFEST})")

@@ -143,7 +143,9 @@ def merge_topk(
             if not valid[q, j]:
                 break  # invalid entries sort last
             hits.append(
-                MergedHit(str(all_ids[q, j]), float(all_scores[q, j]), int(origin[j]), int(column[j]))
+                MergedHit(
+                    str(all_ids[q, j]), float(all_scores[q, j]), int(origin[j]), int(column[j])
+                )
             )
         out.append(hits)
     return out

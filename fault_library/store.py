@@ -129,7 +129,10 @@ def describe_signature(
 class SignatureStore:
     """The signatures table (+ FTS5 over descriptions) and a small key/value ``meta`` table."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False, durable: bool = True) -> None:
+        """``durable=False`` skips SQLite's per-commit fsync and keeps the rollback journal
+        in memory: for files written into a build directory that is fsynced as a whole
+        before it is published and thrown away if anything fails (~10x faster builds)."""
         self.path = Path(path)
         self.readonly = readonly
         if readonly:
@@ -139,6 +142,9 @@ class SignatureStore:
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:
             conn = sqlite3.connect(self.path, check_same_thread=False)
+            if not durable:
+                conn.execute("PRAGMA synchronous = OFF")
+                conn.execute("PRAGMA journal_mode = MEMORY")
         self._conn = conn
         self._db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()

@@ -12,9 +12,12 @@ POSIX). A crash or a full disk at any point leaves ``current`` on a complete ver
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -30,6 +33,7 @@ __all__ = [
     "remove_stale_builds",
     "switch_current",
     "version_dir",
+    "write_lock",
 ]
 
 CURRENT: Final = "current"
@@ -54,6 +58,24 @@ def fsync_tree(path: Path) -> None:
             with child.open("rb") as fh:
                 os.fsync(fh.fileno())
     _fsync_dir(path)
+
+
+@contextmanager
+def write_lock(root: str | Path) -> Iterator[None]:
+    """Serialise writers of one root (an exclusive ``flock`` on ``<root>/.lock``).
+
+    ``library add`` reads the current version and publishes it plus the new signatures;
+    two of them at once would each publish without the other's signatures. Readers and
+    the serving agent never take this lock.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def new_build_dir(root: str | Path) -> Path:

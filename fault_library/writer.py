@@ -61,7 +61,9 @@ def _short(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    if "write error" in text and text.endswith(")") and "(" in text:  # FAISS: "... (File too large)"
+    if (
+        "write error" in text and text.endswith(")") and "(" in text
+    ):  # FAISS: "... (File too large)"
         return text[text.rindex("(") + 1 : -1]
     return text
 
@@ -104,15 +106,18 @@ def write_version(
             part = np.ascontiguousarray(matrix[positions])
             rel = f"{shard_dir(name)}/"
             with _writing(rel + vectors_file(view)):
-                np.save(directory / vectors_file(view), part, allow_pickle=False)
+                _save_npy(directory / vectors_file(view), part)
             chosen, reason = _choice(len(part), factory, large_factory)
             try:
                 ix = VectorIndex.build(
                     part, factory=chosen, nprobe=nprobe, progress=progress, seed=0
                 )
-            except ValueError as exc:
-                raise LibraryError(f"{rel}{index_file(view)}: {exc}") from None
-            log.info("shard %s, %s view: %s (%s)", name, view, ix.describe(), reason)
+            except (ValueError, RuntimeError) as exc:  # FAISS reports bad factories as RuntimeError
+                raise LibraryError(
+                    f"{rel}{index_file(view)}: cannot build {chosen}: {exc}"
+                ) from None
+            line = reason if ix.kind == "exact" else f"{ix.describe()} ({reason})"
+            log.info("shard %s, %s view: %s", name, view, line)
             with _writing(rel + index_file(view)):
                 ix.save(directory / index_file(view))
             labels: Counter[str] = Counter()
@@ -130,11 +135,16 @@ def write_version(
                 "describe": ix.describe(),
                 "label_counts": dict(sorted(labels.items())),
             }
-        _write_store(directory / STORE_FILE, f"{shard_dir(name)}/{STORE_FILE}", shard_rows, {
-            "model_id": model_id,
-            "shard": name,
-            **(meta or {}),
-        })
+        _write_store(
+            directory / STORE_FILE,
+            f"{shard_dir(name)}/{STORE_FILE}",
+            shard_rows,
+            {
+                "model_id": model_id,
+                "shard": name,
+                **(meta or {}),
+            },
+        )
         shard_specs[name] = {"views": views}
     view_specs = {
         view: {
@@ -153,7 +163,19 @@ def write_version(
             views=view_specs,
             shards=shard_specs,
             source=source,
+            index_policy={"factory": factory, "large_factory": large_factory, "nprobe": nprobe},
         )
+
+
+def _save_npy(path: Path, array: npt.NDArray[np.float32]) -> None:
+    """``np.save`` through Python's file object: numpy's own C writer reports a full disk
+    as "2970 requested and 992 written"; Python raises ENOSPC/EFBIG with the OS's words."""
+    array = np.ascontiguousarray(array)
+    with path.open("wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
+        rows = max(1, (1 << 24) // max(1, array.itemsize * int(np.prod(array.shape[1:]))))
+        for start in range(0, len(array), rows):
+            fh.write(array[start : start + rows].tobytes())
 
 
 def _choice(n: int, factory: str | None, large_factory: str) -> tuple[str, str]:
@@ -205,7 +227,7 @@ def _write_store(
     path: Path, rel: str, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, str]
 ) -> None:
     with _writing(rel):
-        store = SignatureStore(path)
+        store = SignatureStore(path, durable=False)  # fsynced with the whole build
         try:
             for start in range(0, len(rows), _STORE_BATCH):
                 store.add_many(rows[start : start + _STORE_BATCH])

@@ -116,11 +116,21 @@ def _build_version(root: Path, *, seed: int = 0, model_id: str = MODEL_ID) -> Pa
     write_version(
         tmp,
         model_id=model_id,
-        indexes={view: VectorIndex.build(v) for view, v in vectors.items()},
+        vectors=vectors,
         rows=rows,
         source={"dataset": "synthetic clusters", "seed": seed},
     )
     return tmp
+
+
+SHARD = "shards/shard-00"
+SHARD_FILES = {
+    STORE_FILE,
+    index_file("window"),
+    index_file("spectrum"),
+    "vectors-window.npy",
+    "vectors-spectrum.npy",
+}
 
 
 @pytest.fixture
@@ -244,9 +254,13 @@ def test_library_round_trip(published: Path, tmp_path: Path) -> None:
         assert info["version"] == lib.version
     manifest = json.loads((published / MANIFEST).read_text())
     assert manifest["encoder"]["model_id"] == MODEL_ID
-    assert set(manifest["files"]) == {STORE_FILE, index_file("window"), index_file("spectrum")}
+    assert manifest["sharding"]["shards"] == ["shard-00"]
+    assert set(manifest["shards"]["shard-00"]["files"]) == SHARD_FILES
     assert manifest["views"]["window"]["count"] == 48
     assert manifest["views"]["window"]["metric"] == "inner_product"
+    raw = np.load(published / SHARD / "vectors-window.npy")
+    assert raw.dtype == np.float32
+    np.testing.assert_array_equal(raw, vectors["window"])  # one shard: rows in build order
 
 
 def _flip_byte(path: Path, position: int) -> None:
@@ -255,19 +269,23 @@ def _flip_byte(path: Path, position: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name", [index_file("window"), index_file("spectrum"), STORE_FILE])
+@pytest.mark.parametrize("name", sorted(SHARD_FILES))
 def test_open_refuses_a_flipped_byte(published: Path, name: str) -> None:
-    path = published / name
+    path = published / SHARD / name
     _flip_byte(path, path.stat().st_size // 2)
-    with pytest.raises(LibraryError, match=rf"^{name}: sha256 mismatch \(manifest [0-9a-f]+"):
+    with pytest.raises(
+        LibraryError, match=rf"^{SHARD}/{name}: sha256 mismatch \(manifest [0-9a-f]+"
+    ):
         FaultLibrary.open(published)
 
 
 def test_open_refuses_truncated_file_and_missing_manifest(published: Path) -> None:
-    path = published / index_file("window")
+    path = published / SHARD / index_file("window")
     size = path.stat().st_size
     os.truncate(path, size - 100)
-    with pytest.raises(LibraryError, match=rf"index-window.faiss: truncated \(manifest {size}"):
+    with pytest.raises(
+        LibraryError, match=rf"^{SHARD}/index-window.faiss: truncated \(manifest {size}"
+    ):
         FaultLibrary.open(published)
     (published / MANIFEST).write_text('{"format_version": 1, "files": ')
     with pytest.raises(LibraryError, match=r"^manifest.json: not valid JSON"):
@@ -281,7 +299,7 @@ def test_open_refuses_another_encoder_and_edited_manifest(published: Path) -> No
     with pytest.raises(LibraryError, match=r"manifest.json: built with encoder 'test-encoder-v1'"):
         FaultLibrary.open(published, expected_model_id="spectrum-v2")
     manifest = json.loads((published / MANIFEST).read_text())
-    manifest["views"]["window"]["count"] = 47
+    manifest["shards"]["shard-00"]["views"]["window"]["count"] = 47
     (published / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(LibraryError, match=r"index-window.faiss: holds 48 x 16, manifest says 47"):
         FaultLibrary.open(published)
@@ -306,7 +324,7 @@ def test_publish_switches_current_atomically_and_keeps_old_version(tmp_path: Pat
 def test_corrupt_build_never_becomes_current(tmp_path: Path) -> None:
     good = publish_version(tmp_path, _build_version(tmp_path, seed=0))
     bad = _build_version(tmp_path, seed=1)
-    _flip_byte(bad / STORE_FILE, 200)
+    _flip_byte(bad / SHARD / STORE_FILE, 200)
     with pytest.raises(LibraryError, match=r"signatures.sqlite: sha256 mismatch"):
         publish_version(tmp_path, bad)
     assert current_version(tmp_path) == good.name
@@ -322,21 +340,21 @@ def test_store_rows_must_match_index_rows(tmp_path: Path) -> None:
         write_version(
             tmp,
             model_id=MODEL_ID,
-            indexes={view: VectorIndex.build(v) for view, v in vectors.items()},
+            vectors=vectors,
             rows=[r for r in rows if not (r["view"] == "window" and r["row_index"] == 7)],
             source={},
         )
 
 
 def test_store_is_opened_read_only_and_unchanged_by_serving(published: Path) -> None:
-    before = (published / STORE_FILE).read_bytes()
+    before = (published / SHARD / STORE_FILE).read_bytes()
     with FaultLibrary.open(published) as lib:
         lib.describe([lib.search("window", np.eye(DIM, dtype=np.float32)[:1], 1)[0][0].id])
         lib.search_text("ball")
-    assert (published / STORE_FILE).read_bytes() == before
-    assert sorted(p.name for p in published.iterdir()) == sorted(
-        [MANIFEST, STORE_FILE, index_file("window"), index_file("spectrum")]
-    )  # no journal or WAL files left beside a served version
+    assert (published / SHARD / STORE_FILE).read_bytes() == before
+    assert sorted(p.name for p in published.iterdir()) == [MANIFEST, "shards"]
+    assert {p.name for p in (published / SHARD).iterdir()} == SHARD_FILES
+    # no journal or WAL files left beside a served version
 
 
 def test_concurrent_search_and_describe_agree(published: Path) -> None:

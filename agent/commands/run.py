@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     encoder = encoder_from_settings(settings)
     root = default_library_root(settings)
-    library = load_or_build_library(root, encoder, rebuild=settings.library.rebuild)
+    library = load_or_build_library(
+        root, encoder, rebuild=settings.library.rebuild, shards=settings.library.shards
+    )
     if not stop.is_set():
         Agent(settings, library, encoder, library_root=root).run_forever(stop)
     return 0
