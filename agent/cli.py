@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from faultline.agent import __version__
-from faultline.agent.commands import check_config, demo, diagnose, library, run, simulate
+from faultline.agent.commands import assets, check_config, demo, diagnose, library, run, simulate
 from faultline.agent.commands import eval as eval_command
 
-COMMANDS = (run, demo, simulate, diagnose, library, eval_command, check_config)
+COMMANDS = (run, demo, simulate, diagnose, library, assets, eval_command, check_config)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from typing import Literal
 from faultline.agent.metrics import Counters
 from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.fault_library.baseline import judge_against_baseline
 from faultline.fault_library.library import FaultLibrary, Neighbour
 from faultline.fault_library.verdict import Verdict, decide
 
@@ -87,13 +88,19 @@ def diagnose_batch(
     vectors = encoder.encode(measurements)
     results = library.search(view, vectors, policy.top_k)
     out: list[WindowResult] = []
-    for item, neighbours in zip(measurements, results, strict=True):
+    for item, vector, neighbours in zip(measurements, vectors, results, strict=True):
+        labels = [n.label for n in neighbours]
+        scores = [n.score for n in neighbours]
         verdict = decide(
-            [n.label for n in neighbours],
-            [n.score for n in neighbours],
+            labels,
+            scores,
             min_similarity=policy.min_similarity,
             min_confidence=policy.min_confidence,
         )
+        baseline = library.baseline(view, item.asset)
+        if baseline is not None:
+            own = float(baseline.similarity(vector[None, :])[0])
+            verdict = judge_against_baseline(verdict, labels, scores, own, baseline)
         rpm, rpm_source = encoder.describe_rpm(item)
         out.append(WindowResult(verdict, neighbours, rpm, rpm_source, view))
     return out

@@ -191,6 +191,8 @@ class SignatureSource:
     channel: str = "DE"
     note: str | None = None
     """An engineer's own words, put in front of the generated description (and so in FTS)."""
+    asset: str | None = None
+    """Set for an asset's own enrolled baseline: its novelty is judged against these rows."""
 
 
 def embed_windows(
@@ -366,6 +368,7 @@ def _row(
         "window_s": window_s,
         "dataset": source.dataset,
         "source_sha256": source.source_sha256,
+        "asset": source.asset,
         "model_id": encoder.model_id,
         "model_version": getattr(encoder, "model_sha256", None),
         "description": f"{note.rstrip('.')}. {generated}" if note else generated,

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from faultline.fault_library.baseline import MIN_WINDOWS, Baseline, fit_baseline
 from faultline.fault_library.index import VectorIndex
 from faultline.fault_library.manifest import (
     FORMAT_VERSION,
@@ -105,6 +106,9 @@ class FaultLibrary:
         # apart and changes if anything in the version does.
         stamp = str(manifest["created_at"]).replace("-", "").replace(":", "")
         self.version = f"{stamp}-{manifest_sha256[:8]}"
+        # Enrolled assets' baselines are few rows; fitting them at open keeps the first
+        # window of an enrolled asset as fast as the rest.
+        self._baselines = {view: self._fit_baselines(view) for view in self.views}
 
     @classmethod
     def open(
@@ -199,6 +203,29 @@ class FaultLibrary:
                 ]
             )
         return out
+
+    def baseline(self, view: str, asset: str) -> Baseline | None:
+        """The asset's enrolled healthy baseline in ``view`` (None: not enrolled here)."""
+        return self._baselines.get(view, {}).get(asset)
+
+    def baselines(self, view: str = "window") -> dict[str, Baseline]:
+        """Every enrolled asset's baseline loaded here (shards not held are not seen)."""
+        return dict(self._baselines.get(view, {}))
+
+    def _fit_baselines(self, view: str) -> dict[str, Baseline]:
+        groups: dict[str, list[npt.NDArray[np.float32]]] = {}
+        for shard in self._shards.values():
+            rows = shard.store.baseline_rows(view)
+            if not rows:
+                continue
+            vectors = np.load(shard.path / vectors_file(view), mmap_mode="r", allow_pickle=False)
+            for asset, row in rows:
+                groups.setdefault(asset, []).append(np.asarray(vectors[row], dtype=np.float32))
+        return {
+            asset: fit_baseline(asset, np.stack(parts))
+            for asset, parts in groups.items()
+            if len(parts) >= MIN_WINDOWS
+        }
 
     def describe(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         """Full signature rows (+ ``shard``) for reports, in the order asked; ids of shards

@@ -56,6 +56,7 @@ COLUMNS: Final[dict[str, type]] = {
     "window_s": float,
     "dataset": str,
     "source_sha256": str,
+    "asset": str,
     "model_id": str,
     "model_version": str,
     "description": str,
@@ -276,6 +277,16 @@ class SignatureStore:
             cur = self._conn.execute(f"SELECT * FROM signatures WHERE {where}", args)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, values, strict=True)) for values in cur.fetchall()]
+
+    def baseline_rows(self, view: str) -> list[tuple[str, int]]:
+        """(asset, row_index) of every enrolled healthy-baseline row of ``view``."""
+        with self._lock:
+            found = self._conn.execute(
+                "SELECT asset, row_index FROM signatures WHERE view = ? AND asset IS NOT NULL "
+                "AND label = 'normal' ORDER BY asset, row_index",
+                (view,),
+            ).fetchall()
+        return [(str(asset), int(row)) for asset, row in found]
 
     def labels(self, view: str) -> npt.NDArray[np.str_]:
         """Label of every row of ``view``'s index, position = FAISS row (cached)."""

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faultline.encoders.geometry import BearingGeometry
+from faultline.encoders.signals import Window
 from faultline.fault_library.builder import (
     Encoder,
     LibraryBuildError,
@@ -45,7 +46,15 @@ from faultline.fault_library.store import StoreError
 from faultline.fault_library.versions import new_build_dir, write_lock
 from faultline.fault_library.writer import resolve_shards, write_version
 
-__all__ = ["Contents", "DerivedVersion", "add_recording", "derive_version", "export_all", "reshard"]
+__all__ = [
+    "Contents",
+    "DerivedVersion",
+    "add_recording",
+    "add_windows",
+    "derive_version",
+    "export_all",
+    "reshard",
+]
 
 Contents = tuple[npt.NDArray[np.float32], list[dict[str, Any]]]
 
@@ -195,13 +204,44 @@ def add_recording(
         bearing=used_geometry.name if used_geometry is not None else None,
         channel=channel,
         note=note,
+        asset=asset,
     )
+    return add_windows(
+        root,
+        windows,
+        encoder,
+        source,
+        rpm=rec.rpm,
+        window_s=window_s,
+        progress=progress,
+        action={"file": path.name, "segment_s": [start_s, stop_s]},
+    )
+
+
+def add_windows(
+    root: str | Path,
+    windows: Sequence[Window],
+    encoder: Encoder,
+    source: SignatureSource,
+    *,
+    rpm: float | None,
+    window_s: float,
+    progress: bool = False,
+    action: Mapping[str, Any] | None = None,
+) -> DerivedVersion:
+    """Publish current + ``windows`` as signatures citing ``source``.
+
+    The common path of ``library add`` (a file) and ``assets enroll`` (windows collected
+    live from the broker). Windows already in the library (same source bytes and offset)
+    are refused, with nothing published.
+    """
+    label = source.label
     vectors, rows = embed_windows(
-        windows, encoder, source, rpm=rec.rpm, window_s=window_s, first_row={}
+        windows, encoder, source, rpm=rpm, window_s=window_s, first_row={}
     )
     with write_lock(root), open_current(root, expected_model_id=encoder.model_id) as base:
         contents = export_all(base)
-        _refuse_duplicates(base.version, contents, rows, path)
+        _refuse_duplicates(base.version, contents, rows, source.source)
         return derive_version(
             root,
             base,
@@ -211,14 +251,13 @@ def add_recording(
             progress=progress,
             action={
                 "action": "add",
-                "file": path.name,
-                "sha256": source_sha,
+                "sha256": source.source_sha256,
                 "record_id": source.record_id,
                 "label": label,
-                "asset": asset,
-                "note": note,
-                "segment_s": [start_s, stop_s],
+                "asset": source.asset,
+                "note": source.note,
                 "windows": len(windows),
+                **(action or {}),
             },
         )
 
@@ -251,7 +290,7 @@ def _refuse_duplicates(
     version: str,
     contents: Mapping[str, Contents],
     rows: Sequence[Mapping[str, Any]],
-    path: Path,
+    path: Path | str,
 ) -> None:
     known_ids: set[str] = set()
     known_windows: dict[tuple[str, float, float, str], Mapping[str, Any]] = {}

@@ -90,3 +90,29 @@ def test_aggregate_split_between_classes_is_ambiguous() -> None:
     assert agg.reason == "ambiguous across windows: ball 0.50 vs inner_race 0.50"
     with pytest.raises(ValueError, match="zero verdicts"):
         aggregate([])
+
+
+def test_own_baseline_departure_turns_a_normal_vote_into_unknown() -> None:
+    """Pure check of the baseline rule: close to its own baseline -> normal; a library
+    `normal` far from the asset's own baseline -> unknown (the machine changed)."""
+    import numpy as np
+
+    from faultline.fault_library.baseline import fit_baseline, judge_against_baseline
+    from faultline.fault_library.verdict import Verdict
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=16)
+    enrolled = centre + 0.05 * rng.normal(size=(20, 16))
+    enrolled /= np.linalg.norm(enrolled, axis=1, keepdims=True)
+    baseline = fit_baseline("pump", enrolled.astype(np.float32))
+    assert 0.5 < baseline.threshold < 1.0
+    library_normal = Verdict("normal", 0.9, None, 0.8)
+    near = judge_against_baseline(library_normal, ["normal"], [0.8], 0.999, baseline)
+    assert near.label == "normal"
+    assert "own baseline of pump" in (near.reason or "")
+    far = judge_against_baseline(library_normal, ["normal"], [0.8], 0.2, baseline)
+    assert far.label == "unknown"
+    assert (far.reason or "").startswith("novel: departed from the own baseline")
+    fault = Verdict("outer_race", 0.95, None, 0.97)
+    kept = judge_against_baseline(fault, ["outer_race"], [0.97], 0.9, baseline)
+    assert kept.label == "outer_race"  # a fault closer than the baseline is not hidden

@@ -33,6 +33,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--config", "-c", default=None, help="YAML configuration file")
     parser.add_argument("--library", default=None, help="fault library root (default: config's)")
     parser.add_argument("--window", type=float, default=None, help="window length in s")
+    parser.add_argument(
+        "--asset", default=None, help="judge against this enrolled asset's own healthy baseline"
+    )
     add_recording_args(parser)
     parser.set_defaults(handler=run)
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     root = default_library_root(settings) if args.library is None else args.library
     library = load_or_build_library(root, encoder, progress=not args.json)
     window_s = args.window or settings.encoder.window_s
-    windows = list(iter_windows(recording, "offline", window_s=window_s))
+    windows = list(iter_windows(recording, args.asset or "offline", window_s=window_s))
     if not windows:
         print(f"faultline: {args.path} is shorter than one {window_s} s window", file=sys.stderr)
         return 2
