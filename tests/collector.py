@@ -62,3 +62,13 @@ class Collector:
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
+
+
+def sensor_client(port: int) -> mqtt.Client:
+    """A plain paho client standing in for a sensor (started; call ``loop_stop`` after)."""
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"sensor-{uuid.uuid4().hex[:8]}"
+    )
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client

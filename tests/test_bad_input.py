@@ -7,12 +7,10 @@ import dataclasses
 import json
 import struct
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 
 from faultline.agent.transport.payloads import encode_window_binary, encode_window_json
@@ -20,7 +18,7 @@ from faultline.encoders.signals import Window
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.library import FaultLibrary
 from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
-from tests.collector import Collector
+from tests.collector import Collector, sensor_client
 from tests.harness import agent_settings, start_agent
 
 pytestmark = pytest.mark.slow
@@ -84,9 +82,7 @@ def test_each_bad_payload_is_rejected_published_counted_and_agent_keeps_serving(
     )
     agent = start_agent(settings, test_library, encoder)
     collector = Collector("127.0.0.1", port, [f"{unique_prefix}/#"])
-    sensor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"s-{uuid.uuid4().hex[:6]}")
-    sensor.connect("127.0.0.1", port)
-    sensor.loop_start()
+    sensor = sensor_client(port)
     good = _good_window(cwru_dir)
     cases = _bad_payloads(good)
     try:
@@ -127,9 +123,7 @@ def test_spectrum_of_wrong_length_is_rejected(
     port = mosquitto_session.port  # type: ignore[attr-defined]
     agent = start_agent(agent_settings(port, unique_prefix), test_library, encoder)
     collector = Collector("127.0.0.1", port, [f"{unique_prefix}/errors"])
-    sensor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"s-{uuid.uuid4().hex[:6]}")
-    sensor.connect("127.0.0.1", port)
-    sensor.loop_start()
+    sensor = sensor_client(port)
     try:
         body = {"ts": 1.7e9, "fs": 12000.0, "n_fft": 4096, "magnitude": np.ones(100).tolist()}
         sensor.publish(agent.topics.spectrum("s1"), json.dumps(body), qos=1).wait_for_publish(5)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from faultline.agent.simulator import encode_for_wire
@@ -15,7 +13,7 @@ from faultline.agent.transport.payloads import encode_window_binary
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.library import FaultLibrary
 from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
-from tests.collector import Collector
+from tests.collector import Collector, sensor_client
 from tests.harness import NORMAL_SPLIT_S, agent_settings, start_agent
 
 pytestmark = pytest.mark.slow
@@ -23,15 +21,6 @@ pytestmark = pytest.mark.slow
 # record id -> expected label; all held out of the test library (3 hp, or 97's 2nd half).
 REPLAYED = {"97": "normal", "108": "inner_race", "133": "outer_race"}
 WINDOWS_PER_RECORD = 6  # 97 has 2.6 s after its split: 7 windows at 0.25 s hop
-
-
-def _publisher(port: int) -> mqtt.Client:
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"sensor-{uuid.uuid4().hex[:6]}"
-    )
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    return client
 
 
 def test_replayed_cwru_windows_get_correct_alerts(
@@ -45,7 +34,7 @@ def test_replayed_cwru_windows_get_correct_alerts(
     settings = agent_settings(port, unique_prefix)
     agent = start_agent(settings, test_library, encoder)
     collector = Collector("127.0.0.1", port, [f"{unique_prefix}/alerts/#"])
-    sensor = _publisher(port)
+    sensor = sensor_client(port)
     entries = {e.record_id: e for e in read_manifest(cwru_dir)}
     expected: dict[str, str] = {}
     try:

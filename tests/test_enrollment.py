@@ -14,7 +14,6 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from faultline.agent.pipeline import VerdictPolicy, diagnose_batch
@@ -30,6 +29,7 @@ from faultline.fault_library.recordings import (
     read_recording,
 )
 from faultline.fault_library.updates import add_recording
+from tests.collector import sensor_client
 
 pytestmark = pytest.mark.slow
 
@@ -129,9 +129,7 @@ def test_live_enrolment_over_mqtt_then_list(
     )
     entry = next(e for e in read_manifest(cwru_dir) if e.record_id == "97")
     windows = _windows(entry, "press-7", 2.6, None)
-    sensor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uuid.uuid4().hex[:8])
-    sensor.connect("127.0.0.1", port)
-    sensor.loop_start()
+    sensor = sensor_client(port)
     try:
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:

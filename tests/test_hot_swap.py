@@ -7,10 +7,8 @@ import json
 import shutil
 import threading
 import time
-import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from faultline.agent.app import Agent
@@ -24,7 +22,7 @@ from faultline.fault_library.recordings import (
     read_manifest,
     read_recording,
 )
-from tests.collector import Collector
+from tests.collector import Collector, sensor_client
 from tests.harness import agent_settings, library_segment
 
 pytestmark = pytest.mark.slow
@@ -62,9 +60,7 @@ def test_swap_under_load_answers_every_window_then_refuses_a_corrupt_version(
     agent.start()
     assert agent.transport.wait_connected(10)
     collector = Collector("127.0.0.1", port, [f"{unique_prefix}/#"])
-    sensor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"s-{uuid.uuid4().hex[:6]}")
-    sensor.connect("127.0.0.1", port)
-    sensor.loop_start()
+    sensor = sensor_client(port)
     entry = next(e for e in read_manifest(cwru_dir) if e.record_id == "200")
     recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
     windows = list(iter_windows(recording, "m", window_s=1.0, hop_s=0.05, ts0=1.7e9))[:160]

@@ -11,13 +11,12 @@ import textwrap
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from faultline.agent.transport.payloads import encode_window_json
 from faultline.fault_library.library import FaultLibrary
 from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
-from tests.collector import Collector
+from tests.collector import Collector, sensor_client
 
 pytestmark = pytest.mark.slow
 
@@ -59,9 +58,7 @@ def test_signal_drains_publishes_offline_and_exits_zero(
         assert status["library"]["version"] == test_library.version
         entry = next(e for e in read_manifest(cwru_dir) if e.record_id == "133")
         recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
-        sensor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uuid.uuid4().hex[:8])
-        sensor.connect("127.0.0.1", port)
-        sensor.loop_start()
+        sensor = sensor_client(port)
         windows = list(iter_windows(recording, "m1", window_s=1.0, hop_s=0.25, ts0=1.7e9))[:30]
         for window in windows:
             topic = f"{unique_prefix}/sensors/m1/window"
