@@ -21,6 +21,17 @@ Refusing (``unknown``)
     In both cases ``confidence`` measures support for "unknown", so ``aggregate`` can
     weigh unknown windows against classified ones on one scale.
 
+Calibrated (``decide(..., calibration=...)``)
+    With a :class:`~faultline.fault_library.novelty.Calibration` measured on the library
+    (stored in the library version at build time), the vote uses the fitted temperature and
+    one more check applies. *Novel*: the winner's best match falls below its class's
+    threshold, the low quantile of how close unseen bearings of that class come to the
+    rest of the library, so a window unlike anything known is refused even when its cosine
+    is high in absolute terms; ``novelty`` says by how much (in units of the class's
+    spread), and the confidence in "unknown" is the share of unseen-bearing matches that
+    came closer than this one. A classified window's confidence stays the winner's share,
+    now of the temperature-scaled vote.
+
 Aggregating (``aggregate``)
     A recording is many windows; each verdict votes for its label with its confidence as
     weight, so a few hesitant windows cannot outvote many sure ones. The aggregate's
@@ -35,21 +46,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
+
+from faultline.fault_library.novelty import Calibration
 
 UNKNOWN = "unknown"
+DEFAULT_TEMPERATURE = 0.05
 
-__all__ = ["UNKNOWN", "Verdict", "aggregate", "decide"]
+__all__ = ["DEFAULT_TEMPERATURE", "UNKNOWN", "Verdict", "aggregate", "decide"]
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """A diagnosis: label, support for it in [0, 1], why it is ``unknown`` (else None),
-    and the best cosine similarity seen (so operators can see how close the library was)."""
+    and the best cosine similarity seen (so operators can see how close the library was).
+
+    With a calibration: ``novelty`` is how far the winner's best match fell below its
+    class's threshold in units of the class's spread (> 0 means novel), and ``vote_share``
+    the raw weighted vote before calibration (kept for reliability reports)."""
 
     label: str
     confidence: float
     reason: str | None
     top_score: float
+    novelty: float | None = None
+    vote_share: float | None = None
 
 
 def _check_thresholds(min_similarity: float, min_confidence: float) -> None:
@@ -75,11 +96,17 @@ def decide(
     *,
     min_similarity: float = 0.5,
     min_confidence: float = 0.5,
-    temperature: float = 0.05,
+    temperature: float | None = None,
+    calibration: Calibration | None = None,
 ) -> Verdict:
-    """Similarity-weighted kNN vote over one window's neighbours (see module docstring)."""
+    """Similarity-weighted kNN vote over one window's neighbours (see module docstring).
+
+    ``temperature`` defaults to the calibration's fitted value, else 0.05.
+    """
     if len(labels) != len(scores):
         raise ValueError(f"{len(labels)} labels but {len(scores)} scores")
+    if temperature is None:
+        temperature = DEFAULT_TEMPERATURE if calibration is None else calibration.temperature
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     _check_thresholds(min_similarity, min_confidence)
@@ -100,11 +127,41 @@ def decide(
         support = min(1.0, (min_similarity - top) / (min_similarity + 1.0))
         reason = f"novel: best similarity {top:.2f} < {min_similarity:.2f}"
         return Verdict(UNKNOWN, support, reason, top)
+    if calibration is not None:
+        return _calibrated(labels, s, ranked, top, min_confidence, calibration)
     if share < min_confidence or _tied(ranked):
         runner_up = ranked[1]  # share < 1 implies at least two classes
         reason = f"ambiguous: {winner} {share:.2f} vs {runner_up[0]} {runner_up[1]:.2f}"
         return Verdict(UNKNOWN, 1.0 - share, reason, top)
     return Verdict(winner, share, None, top)
+
+
+def _calibrated(
+    labels: Sequence[str],
+    scores: npt.NDArray[np.float64],
+    ranked: list[tuple[str, float]],
+    top: float,
+    min_confidence: float,
+    calibration: Calibration,
+) -> Verdict:
+    winner, share = ranked[0]
+    best = max(s for label, s in zip(labels, scores.tolist(), strict=True) if label == winner)
+    typicality = calibration.typicality(winner, best)
+    novelty = None if typicality is None else -typicality
+    threshold = calibration.threshold(winner)
+    if typicality is not None and threshold is not None and typicality < 0:
+        reason = (
+            f"novel: best {winner} match {best:.3f} < {threshold:.3f}, the "
+            f"{calibration.quantile:.0%} low end of how close unseen {winner} bearings come"
+        )
+        tail = calibration.tail(winner, best)
+        support = 1.0 - (calibration.quantile if tail is None else min(tail, calibration.quantile))
+        return Verdict(UNKNOWN, support, reason, top, novelty, share)
+    if share < min_confidence or _tied(ranked):
+        runner_up = ranked[1]
+        reason = f"ambiguous: {winner} {share:.2f} vs {runner_up[0]} {runner_up[1]:.2f}"
+        return Verdict(UNKNOWN, 1.0 - share, reason, top, novelty, share)
+    return Verdict(winner, share, None, top, novelty, share)
 
 
 def aggregate(verdicts: Sequence[Verdict], *, min_confidence: float = 0.5) -> Verdict:
