@@ -20,7 +20,8 @@ from faultline.agent import __version__
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
 from faultline.agent.metrics import Counters, Sequence
 from faultline.agent.pipeline import Diagnosis, Job, Pipeline, VerdictPolicy
-from faultline.agent.settings import Settings
+from faultline.agent.settings import ConfigError, Settings
+from faultline.agent.settings_errors import ConfigProblem
 from faultline.agent.transport.mqtt import InboundMessage, MqttTransport
 from faultline.agent.transport.payloads import (
     AlertRecord,
@@ -34,6 +35,7 @@ from faultline.agent.transport.payloads import (
     new_message_id,
 )
 from faultline.agent.transport.topics import Topics, build_topics
+from faultline.encoders.projection import ProjectionError
 from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.library import FaultLibrary
@@ -66,7 +68,24 @@ def limits_from_settings(settings: Settings) -> PayloadLimits:
 
 
 def encoder_from_settings(settings: Settings) -> SpectrumEncoder:
-    return SpectrumEncoder(target_fs=settings.encoder.target_fs, window_s=settings.encoder.window_s)
+    """The spectrum encoder; the shipped projection was trained for one (target_fs,
+    window_s), so other values are a configuration error, reported as one."""
+    try:
+        return SpectrumEncoder(
+            target_fs=settings.encoder.target_fs, window_s=settings.encoder.window_s
+        )
+    except ProjectionError as exc:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    path="encoder.target_fs / encoder.window_s",
+                    expected="the values the shipped spectrum model was trained for "
+                    "(12000.0 and 1.0)",
+                    given=f"{settings.encoder.target_fs} and {settings.encoder.window_s}",
+                    source=str(exc),
+                )
+            ]
+        ) from None
 
 
 def transport_from_settings(

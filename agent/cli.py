@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from faultline.agent import __version__
 from faultline.agent.commands import assets, check_config, demo, diagnose, library, run, simulate
 from faultline.agent.commands import eval as eval_command
+from faultline.agent.settings import ConfigError
 
 COMMANDS = (run, demo, simulate, diagnose, library, assets, eval_command, check_config)
 
@@ -51,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level or "INFO")
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:  # found after loading, e.g. encoder settings vs shipped model
+        print(f"faultline: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -69,6 +69,8 @@ class VerdictPolicy:
     top_k: int = 10
     min_similarity: float = 0.5
     min_confidence: float = 0.5
+    calibrated: bool = True
+    """Use the library's per-class novelty thresholds when it has them."""
 
 
 def diagnose_batch(
@@ -87,6 +89,7 @@ def diagnose_batch(
     view = encoder.view_of(measurements[0])
     vectors = encoder.encode(measurements)
     results = library.search(view, vectors, policy.top_k)
+    calibration = library.calibration(view) if policy.calibrated else None
     out: list[WindowResult] = []
     for item, vector, neighbours in zip(measurements, vectors, results, strict=True):
         labels = [n.label for n in neighbours]
@@ -96,6 +99,7 @@ def diagnose_batch(
             scores,
             min_similarity=policy.min_similarity,
             min_confidence=policy.min_confidence,
+            calibration=calibration,
         )
         baseline = library.baseline(view, item.asset)
         if baseline is not None:

@@ -81,16 +81,18 @@ class Projection:
 
     def __post_init__(self) -> None:
         f = self.mean.shape[0]
-        if self.inv_std.shape != (f,) or self.w1.shape[0] != f or self.b1.shape != (
-            self.w1.shape[1],
+        if (
+            self.inv_std.shape != (f,)
+            or self.w1.shape[0] != f
+            or self.b1.shape != (self.w1.shape[1],)
         ):
             raise ValueError("projection parameter shapes disagree")
         if (self.w2 is None) != (self.b2 is None):
             raise ValueError("w2 and b2 come together")
         if self.w2 is not None and (
-            self.w2.shape[0] != self.w1.shape[1] or self.b2 is None or self.b2.shape != (
-                self.w2.shape[1],
-            )
+            self.w2.shape[0] != self.w1.shape[1]
+            or self.b2 is None
+            or self.b2.shape != (self.w2.shape[1],)
         ):
             raise ValueError("second layer shapes disagree with the first")
 
@@ -111,7 +113,7 @@ class Projection:
         x = np.asarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected (n, {self.n_features}) features, got {x.shape}")
-        h = ((x - self.mean) * self.inv_std) @ self.w1 + self.b1
+        h: npt.NDArray[np.floating[Any]] = ((x - self.mean) * self.inv_std) @ self.w1 + self.b1
         if self.w2 is not None and self.b2 is not None:
             h = np.tanh(h) @ self.w2 + self.b2
         sq = np.maximum(np.sum(h * h, axis=1, keepdims=True), np.float32(NORM_EPS))
@@ -173,6 +175,26 @@ class Projection:
         data: bytes = model.SerializeToString()
         return data
 
+    @classmethod
+    def from_onnx(cls, model: bytes) -> Projection:
+        """Parameters back out of an exported graph (the numpy reference of a shipped file)."""
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load_from_string(model).graph
+        arrays = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
+        try:
+            return cls(
+                mean=arrays["mean"],
+                inv_std=arrays["inv_std"],
+                w1=arrays["w1"],
+                b1=arrays["b1"],
+                w2=arrays.get("w2"),
+                b2=arrays.get("b2"),
+            )
+        except KeyError as exc:
+            raise ProjectionError(f"not a faultline projection graph: no {exc}") from None
+
     def sha256(self) -> str:
         return hashlib.sha256(self.to_onnx()).hexdigest()
 
@@ -196,6 +218,9 @@ class Runner(Protocol):
     """Something that maps (n, F) float32 features to (n, dim) unit embeddings."""
 
     @property
+    def n_features(self) -> int: ...
+
+    @property
     def dim(self) -> int: ...
 
     @property
@@ -210,6 +235,10 @@ class NumpyRunner:
     def __init__(self, projection: Projection) -> None:
         self.projection = projection
         self._sha: str | None = None
+
+    @property
+    def n_features(self) -> int:
+        return self.projection.n_features
 
     @property
     def dim(self) -> int:
@@ -253,8 +282,12 @@ class OnnxRunner:
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
             raise ProjectionError(f"{where}: expected input {INPUT_NAME!r}, output {OUTPUT_NAME!r}")
-        self.n_features = int(inputs[0].shape[1])
+        self._n_features = int(inputs[0].shape[1])
         self._dim = int(outputs[0].shape[1])
+
+    @property
+    def n_features(self) -> int:
+        return self._n_features
 
     @property
     def dim(self) -> int:
@@ -308,16 +341,19 @@ def _read_verified(name: str, expected: str, directory: Path | None) -> bytes:
 class ProjectionSet:
     """One runner per view, plus what an encoder needs to name the pair in its model id."""
 
-    def __init__(self, runners: Mapping[View, Runner], *, feature_hash: str | None = None) -> None:
+    def __init__(self, runners: Mapping[View, Runner], *, feature_id: str | None = None) -> None:
         missing = {"window", "spectrum"} - set(runners)
         if missing:
             raise ValueError(f"projection set lacks views {sorted(missing)}")
         self.runners: dict[View, Runner] = dict(runners)
-        self.feature_hash = feature_hash
+        self.feature_id = feature_id
         """Feature-parameter digest the projections were trained on (None: not recorded)."""
 
     def dim(self, view: View) -> int:
         return self.runners[view].dim
+
+    def n_features(self, view: View) -> int:
+        return self.runners[view].n_features
 
     def __call__(self, view: View, features: F32) -> F32:
         return self.runners[view](features)
@@ -335,7 +371,7 @@ class ProjectionSet:
         *,
         backend: Literal["numpy", "onnx"] = "numpy",
         threads: int = 1,
-        feature_hash: str | None = None,
+        feature_id: str | None = None,
     ) -> ProjectionSet:
         """In-memory projections (e.g. retrained inside an evaluation fold)."""
         runners: dict[View, Runner] = {}
@@ -344,7 +380,7 @@ class ProjectionSet:
                 runners[view] = OnnxRunner(proj.to_onnx(), threads=threads, where=f"<{view}>")
             else:
                 runners[view] = NumpyRunner(proj)
-        return cls(runners, feature_hash=feature_hash)
+        return cls(runners, feature_id=feature_id)
 
     @classmethod
     def load(cls, directory: Path | None = None, *, threads: int = 1) -> ProjectionSet:
@@ -361,4 +397,4 @@ class ProjectionSet:
             ):
                 raise ProjectionError(f"{spec['file']}: shapes differ from {MANIFEST_NAME}")
             runners[view] = runner
-        return cls(runners, feature_hash=str(manifest["feature_params"]["digest"]))
+        return cls(runners, feature_id=str(manifest["features"]["feature_id"]))

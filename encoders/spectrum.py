@@ -11,10 +11,13 @@ Window view (198): time 3 + gain-dependent time 2 + envelope lines 23 + envelope
 profile 48 + raw band profile 28 + raw lines 23 + comb lines 23 + comb order profile 48.
 Spectrum view (122): raw band profile 28 + raw lines 23 + comb lines 23 + comb profile 48.
 
-``encode = normalise(weights * features)``. ``features`` is public on its own because a
-trained projection (ONNX) will take the raw feature vector as its input. Speed (rpm) comes
-from the measurement (the runtime fills it from the asset's config) or is estimated from
-the spectrum (:mod:`faultline.encoders.speed`); ``describe_rpm`` says which.
+``encode`` runs the trained projection (``models/spectrum-<view>.onnx``, one onnxruntime
+call per batch; :mod:`faultline.encoders.projection`) on the unweighted ``features``: 256-d
+unit vectors. ``projection=None`` keeps the hand-weighted v1 encoding
+``normalise(weights * features)`` (dimension F) for ablations; the v1 weights are also where
+training starts. Speed (rpm) comes from the measurement (the runtime fills it from the
+asset's config) or is estimated from the spectrum (:mod:`faultline.encoders.speed`);
+``describe_rpm`` says which.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -38,12 +42,14 @@ from faultline.encoders.dsp import (
     resample_to,
 )
 from faultline.encoders.geometry import BearingGeometry, bearing_preset
+from faultline.encoders.projection import ProjectionError, ProjectionSet
 from faultline.encoders.signals import Measurement, SpectrumFrame, Window
 from faultline.encoders.speed import estimate_rpm
 
-__all__ = ["MODEL_FAMILY", "SpectrumEncoder", "View"]
+__all__ = ["MODEL_FAMILY", "ProjectionArg", "SpectrumEncoder", "View", "default_projection"]
 
 View = Literal["window", "spectrum"]
+ProjectionArg = ProjectionSet | Literal["default"] | None
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 
@@ -68,8 +74,24 @@ _BLOCK_SCALE: dict[str, float] = {
 }
 
 
+@lru_cache(maxsize=4)
+def default_projection(threads: int = 1) -> ProjectionSet:
+    """The shipped ONNX projections (sha256-verified once per process and thread count).
+
+    Sessions are shared by every encoder that asks: onnxruntime's ``run`` is thread-safe,
+    and each graph is loaded only once.
+    """
+    return ProjectionSet.load(threads=threads)
+
+
 class SpectrumEncoder:
-    """Feature encoder shared by the runtime and the library builder (thread-safe)."""
+    """Feature encoder shared by the runtime and the library builder (thread-safe).
+
+    ``projection``: ``"default"`` runs the shipped models (their manifest must name this
+    encoder's features, or a :class:`ProjectionError` says so), a :class:`ProjectionSet`
+    runs that one (e.g. trained inside an evaluation fold), ``None`` gives the v1
+    weighted features. ``threads``: onnxruntime intra-op threads of the default sessions.
+    """
 
     def __init__(
         self,
@@ -77,6 +99,8 @@ class SpectrumEncoder:
         window_s: float = 1.0,
         default_geometry: BearingGeometry | None = None,
         params: ft.FeatureParams | None = None,
+        projection: ProjectionArg = "default",
+        threads: int = 1,
     ) -> None:
         if not (math.isfinite(target_fs) and target_fs > 0):
             raise ValueError(f"target_fs must be positive, got {target_fs}")
@@ -86,13 +110,39 @@ class SpectrumEncoder:
         self.window_s = float(window_s)
         self.default_geometry = default_geometry or bearing_preset("6205")
         self.params = params or ft.FeatureParams()
-        # The model id names everything that changes a vector, so a library built with
-        # other settings is refused instead of silently compared.
         scales = ",".join(f"{k}={v:g}" for k, v in sorted(_BLOCK_SCALE.items()))
         ident = f"{self.params.digest()}|{self.target_fs:g}|{self.window_s:g}|{scales}"
-        self.model_id = f"{MODEL_FAMILY}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+        self.feature_id = f"{MODEL_FAMILY}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+        """Names the features alone (the v1 encoding); a projection must be trained on it."""
+        if projection == "default":
+            projection = default_projection(threads)
+        if projection is not None and projection.feature_id not in (None, self.feature_id):
+            raise ProjectionError(
+                f"the spectrum projection was trained on features {projection.feature_id}, "
+                f"but this encoder computes {self.feature_id} (other feature parameters, "
+                "target_fs or window_s): retrain it (models/train_spectrum.py) or pass "
+                "projection=None for the untrained v1 encoding"
+            )
+        self.projection: ProjectionSet | None = projection
+        self.model_sha256: str | None = None if projection is None else projection.sha256
+        """Digest of the projection models (None for v1); stored in library manifests."""
+        # The model id names everything that changes a vector, so a library built with
+        # another model or other settings is refused instead of silently compared.
+        self.model_id = (
+            self.feature_id
+            if self.model_sha256 is None
+            else f"{self.feature_id}-proj-{self.model_sha256[:12]}"
+        )
+        self._threads = threads
+        self._geometry_arg = default_geometry
         self._layout = {view: self._block_layout(view) for view in ("window", "spectrum")}
         self._weights = {view: self._block_weights(view) for view in ("window", "spectrum")}
+        for view in ("window", "spectrum"):
+            if projection is not None and projection.n_features(view) != self.n_features(view):
+                raise ProjectionError(
+                    f"the {view} projection takes {projection.n_features(view)} features, "
+                    f"this encoder computes {self.n_features(view)}"
+                )
         self._rpm_cache: OrderedDict[int, tuple[Measurement, float]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -124,7 +174,24 @@ class SpectrumEncoder:
         return tuple(name for _, names in self._layout[view] for name in names)
 
     def dim(self, view: View) -> int:
+        """Length of ``encode``'s vectors (the projection's output, else the feature count)."""
+        if self.projection is not None:
+            return self.projection.dim(view)
+        return self.n_features(view)
+
+    def n_features(self, view: View) -> int:
         return len(self.feature_names(view))
+
+    def with_projection(self, projection: ProjectionSet | None) -> SpectrumEncoder:
+        """The same features encoded through ``projection`` (or v1 when None)."""
+        return SpectrumEncoder(
+            self.target_fs,
+            self.window_s,
+            self._geometry_arg,
+            self.params,
+            projection=projection,
+            threads=self._threads,
+        )
 
     def weights(self, view: View) -> F64:
         """Per-feature multipliers: block weight / (typical scale * sqrt(block size))."""
@@ -150,6 +217,13 @@ class SpectrumEncoder:
     def encode(self, items: Sequence[Measurement]) -> F32:
         """(n, dim(view)) float32, rows L2-normalised; all items must share one view."""
         view, feats = self._features(items)
+        return self.encode_features(view, feats)
+
+    def encode_features(self, view: View, feats: npt.ArrayLike) -> F32:
+        """``encode`` from precomputed ``features`` (one projection call for the batch)."""
+        feats = np.asarray(feats)
+        if self.projection is not None:
+            return self.projection(view, feats.astype(np.float32))
         weighted = feats * self._weights[view]
         norms = np.linalg.norm(weighted, axis=1, keepdims=True)
         out: F32 = (weighted / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -189,7 +263,7 @@ class SpectrumEncoder:
         view = self.view_of(items[0])
         if any(self.view_of(item) != view for item in items):
             raise ValueError("all measurements in one encode call must share one view")
-        out = np.empty((len(items), self.dim(view)))
+        out = np.empty((len(items), self.n_features(view)))
         groups: dict[tuple[float, int], list[int]] = {}
         for i, item in enumerate(items):
             if isinstance(item, Window):

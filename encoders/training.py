@@ -5,27 +5,32 @@ the objective scores: for every training window i, a softmax over the cosine sim
 (temperature ``tau``) to the other windows, and the loss is minus the log of the share that
 falls on windows of i's own class (neighbourhood components analysis, Goldberger et al.
 2004, in its log form). The one departure that matters is **grouping**: windows of i's own
-group (the recording, or better the physical bearing) are left out of i's softmax, so the
-only way to pull i close to its class is through windows of *other* recordings. The map then
+group (its recording) are left out of i's softmax, so the only way to pull i close to its
+class is through windows of *other* recordings. The map then
 learns what fault types share across bearings and loads instead of memorising a recording,
 which is what a library is asked to do on a machine it has never seen. A class with a
 single group (CWRU has one healthy recording) keeps its same-group neighbours, or it could
-never be learnt at all.
+never be learnt at all. (Grouping by physical bearing, i.e. all loads of one damaged
+bearing, was measured worse on CWRU: 0.852 against 0.878 at decay 10.)
 
 Anchors are weighted so every class counts the same (the healthy class has a few windows
-against hundreds per fault). Parameters start from a given map (by default the hand-weighted
-v1 encoding, which standardisation turns into a diagonal) and are pulled back towards it by
-a weight-decay term, so with little data the result stays near a sensible encoder rather
-than drifting to whatever separates a few recordings. L-BFGS (scipy) on the exact gradient;
-deterministic given ``seed`` (which fixes the subsample, the padding rotation and the
-second layer's initialisation).
+against hundreds per fault). Parameters start from a given map (pass the encoder's v1
+weights as ``init_weights``: standardisation turns the hand-weighted encoding into a
+diagonal) and are pulled back towards it by a weight-decay term, so with little data the
+result stays near a sensible encoder rather than drifting to whatever separates a few
+recordings. Measured on CWRU leave-one-fault-size-out, that prior is what makes learning
+pay: started from plain standardised features, NCA does no better than a random
+projection (0.814 vs 0.836), started from v1 it improves on v1 (0.894 vs 0.876).
+
+L-BFGS (scipy) on the exact gradient; deterministic given ``seed`` (which fixes the
+subsample, the padding rotation and the second layer's initialisation).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,7 +52,7 @@ class TrainConfig:
     dim: int = 256
     hidden: int | None = None  # width of an optional tanh layer; None: linear map
     tau: float = 0.1  # softmax temperature on cosine similarities
-    decay: float = 1e-3  # weight decay towards the initial map (per parameter, summed)
+    decay: float = 100.0  # weight decay towards the initial map (sum of squared changes)
     max_iter: int = 150  # L-BFGS iterations
     max_samples: int = 1500  # stratified subsample above this many windows
     min_std: float = 1e-3  # floor on feature std (constant features must not explode)
@@ -77,7 +82,6 @@ def _subsample(labels: npt.NDArray[Any], n_max: int, rng: np.random.Generator) -
 
 
 def _problem(x: F64, labels: npt.NDArray[Any], groups: npt.NDArray[Any], tau: float) -> _Problem:
-    n = x.shape[0]
     same_class = labels[:, None] == labels[None, :]
     same_group = groups[:, None] == groups[None, :]
     # Classes seen in a single group keep same-group neighbours (else they have no positive).
@@ -89,7 +93,10 @@ def _problem(x: F64, labels: npt.NDArray[Any], groups: npt.NDArray[Any], tau: fl
     has_pos = positives.any(axis=1)
     counts = {c: int(np.sum((labels == c) & has_pos)) for c in np.unique(labels)}
     weight = np.array(
-        [1.0 / counts[lab] if ok and counts[lab] else 0.0 for lab, ok in zip(labels, has_pos)]
+        [
+            1.0 / counts[lab] if ok and counts[lab] else 0.0
+            for lab, ok in zip(labels, has_pos, strict=True)
+        ]
     )
     if weight.sum() <= 0:
         raise ValueError("no window has a same-class neighbour in another group: nothing to learn")
@@ -106,9 +113,7 @@ def nca_loss(z: F64, p: _Problem) -> tuple[float, F64]:
     total = e.sum(axis=1, keepdims=True)
     pos = np.where(p.same_class, e, 0.0).sum(axis=1, keepdims=True)
     active = p.weight > 0
-    loss = -float(
-        np.sum(p.weight[active] * (np.log(pos[active, 0]) - np.log(total[active, 0])))
-    )
+    loss = -float(np.sum(p.weight[active] * (np.log(pos[active, 0]) - np.log(total[active, 0]))))
     prob = e / np.maximum(total, 1e-300)
     prob_pos = np.where(p.same_class, e, 0.0) / np.maximum(pos, 1e-300)
     g = p.weight[:, None] * (prob - prob_pos)  # dL/ds_ij (s before the 1/tau)
@@ -133,8 +138,8 @@ def train_projection(
     labels: Sequence[str] | npt.NDArray[Any],
     groups: Sequence[str] | npt.NDArray[Any],
     *,
-    dim: int = 256,
-    seed: int = 0,
+    dim: int | None = None,
+    seed: int | None = None,
     init_weights: npt.ArrayLike | None = None,
     config: TrainConfig | None = None,
 ) -> Projection:
@@ -144,11 +149,13 @@ def train_projection(
     class per window; ``groups``: what a window must not be matched with while training
     (its recording, or the physical bearing when several recordings share one).
     ``init_weights``: per-feature multipliers of the starting map (the encoder's v1
-    weights); None starts from plain standardised features. Deterministic given ``seed``.
+    weights); None starts from plain standardised features. ``dim`` and ``seed``, when
+    given, override ``config`` (default :class:`TrainConfig`). Deterministic given the seed.
     """
-    cfg = config or TrainConfig(dim=dim, seed=seed)
-    if config is not None and (dim != 256 or seed != 0):
-        cfg = TrainConfig(**(asdict(config) | {"dim": dim, "seed": seed}))
+    cfg = config or TrainConfig()
+    overrides = {k: v for k, v in (("dim", dim), ("seed", seed)) if v is not None}
+    if overrides:
+        cfg = replace(cfg, **overrides)
     started = time.perf_counter()
     x_all = np.asarray(features, dtype=np.float64)
     lab_all = np.asarray(labels).astype(str)
@@ -225,9 +232,7 @@ def train_projection(
         return loss, grad
 
     loss0 = objective(t0)[0]
-    result = minimize(
-        objective, t0, jac=True, method="L-BFGS-B", options={"maxiter": cfg.max_iter}
-    )
+    result = minimize(objective, t0, jac=True, method="L-BFGS-B", options={"maxiter": cfg.max_iter})
     parts = _unpack(np.asarray(result.x), f, h, d, hidden)
     f32 = np.float32
     meta: dict[str, Any] = {

@@ -36,6 +36,7 @@ from faultline.fault_library.manifest import (
     vectors_file,
     verify_shard_files,
 )
+from faultline.fault_library.novelty import Calibration, calibration_from_manifest
 from faultline.fault_library.shards import merge_topk, owner
 from faultline.fault_library.store import VIEWS, SignatureStore, StoreError
 from faultline.fault_library.versions import (
@@ -109,6 +110,9 @@ class FaultLibrary:
         # Enrolled assets' baselines are few rows; fitting them at open keeps the first
         # window of an enrolled asset as fast as the rest.
         self._baselines = {view: self._fit_baselines(view) for view in self.views}
+        self._calibrations = {
+            view: calibration_from_manifest(manifest, view) for view in self.views
+        }
 
     @classmethod
     def open(
@@ -207,6 +211,10 @@ class FaultLibrary:
     def baseline(self, view: str, asset: str) -> Baseline | None:
         """The asset's enrolled healthy baseline in ``view`` (None: not enrolled here)."""
         return self._baselines.get(view, {}).get(asset)
+
+    def calibration(self, view: str) -> Calibration | None:
+        """Per-class novelty thresholds and vote temperature measured at build time."""
+        return self._calibrations.get(view)
 
     def baselines(self, view: str = "window") -> dict[str, Baseline]:
         """Every enrolled asset's baseline loaded here (shards not held are not seen)."""
@@ -455,5 +463,7 @@ def reload_if_changed(
         log.warning("cannot read %s/%s: %s", root, CURRENT, exc)
         return None
     except LibraryError as exc:
-        log.error("library version refused, still serving %s: %s", current.version, exc)
+        target = current_target(root)
+        name = target.name if target is not None else "?"
+        log.error("library version %s refused, still serving %s: %s", name, current.version, exc)
         return None

@@ -39,16 +39,19 @@ def test_encode_contract(encoder: SpectrumEncoder, cwru_dir: Path) -> None:
     assert np.array_equal(vecs, encoder.encode(items))  # deterministic
     one_by_one = np.concatenate([encoder.encode([w]) for w in items])
     np.testing.assert_allclose(one_by_one, vecs, atol=1e-5)  # batching changes nothing
-    assert encoder.features(items).shape == vecs.shape
-    assert len(encoder.feature_names("window")) == encoder.dim("window")
+    assert encoder.features(items).shape == (5, encoder.n_features("window"))
+    assert len(encoder.feature_names("window")) == encoder.n_features("window")
 
 
 def test_model_id_tracks_parameters(encoder: SpectrumEncoder) -> None:
     assert encoder.model_id.startswith(MODEL_FAMILY + "-")
     assert SpectrumEncoder().model_id == encoder.model_id
-    other = SpectrumEncoder(params=replace(FeatureParams(), search_tol=0.02))
-    assert other.model_id != encoder.model_id
-    assert SpectrumEncoder(target_fs=24000.0).model_id != encoder.model_id
+    # Other features need another (or no) projection: compare the v1 ids.
+    plain = SpectrumEncoder(projection=None)
+    assert plain.model_id == encoder.feature_id != encoder.model_id
+    other = SpectrumEncoder(params=replace(FeatureParams(), search_tol=0.02), projection=None)
+    assert other.model_id != plain.model_id
+    assert SpectrumEncoder(target_fs=24000.0, projection=None).model_id != plain.model_id
 
 
 def test_same_window_at_48k_encodes_alike(encoder: SpectrumEncoder, cwru_dir: Path) -> None:
