@@ -61,7 +61,7 @@ class FeatureParams:
     # spectrum._BLOCK_SCALE) and by sqrt(block size), so a weight is roughly the block's
     # share of the vector's variation whatever its length. Chosen on CWRU
     # leave-one-fault-size-out over a coarse grid, preferring the plateau over the peak
-    # (so that evaluation is optimistic by the selection; bench/quick_eval.py prints the
+    # (so that evaluation is optimistic by the selection; `faultline eval --ablation` prints the
     # ablations). What the grid said: the comb and raw-profile blocks carry
     # most of the cross-bearing signal; time statistics and the gain-dependent levels
     # separate healthy from damaged but track fault size more than fault type, so they

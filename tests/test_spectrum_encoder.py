@@ -100,7 +100,7 @@ def test_describe_rpm_message(encoder: SpectrumEncoder, cwru_dir: Path) -> None:
 
 
 # One record per load (and the healthy 48 kHz record): the speed estimate must land within
-# 1 % of the file's rpm for at least 9 windows in 10 (719/720 in bench/quick_eval.py terms).
+# 1 % of the file's rpm for at least 9 windows in 10 (719/720 measured over all CWRU windows).
 RPM_RECORDS = [
     ("normal/97.mat", 1796.0),
     ("12k_drive_end/105.mat", 1797.0),
