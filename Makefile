@@ -42,7 +42,9 @@ typecheck: $(STAMP)
 check: lint typecheck
 
 bench: $(STAMP) mosquitto
-	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/e2e.py --format binary
+	$(BIN)/python bench/e2e.py --format json
+	$(BIN)/python bench/encode.py
 
 clean:
 	rm -rf $(VENV) $(TYPECHECK_ROOT) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
