@@ -35,6 +35,7 @@ from faultline.fault_library.library import (
     open_current,
     publish_version,
 )
+from faultline.fault_library.novelty import CALIBRATION_KEY, calibrate_library
 from faultline.fault_library.recordings import (
     RecordingError,
     iter_windows,
@@ -101,6 +102,13 @@ def derive_version(
         offset = len(contents[new["view"]][1])
         rows.append({**new, "row_index": offset + int(new["row_index"])})
     source = dict(base.manifest.get("source", {}))
+    if extra_rows:
+        # New signatures (a new label, an enrolled asset) move the per-class novelty
+        # thresholds: measure them again rather than inherit the parent's.
+        calibration = calibrate_library(vectors, rows)
+        source.pop(CALIBRATION_KEY, None)
+        if calibration:
+            source[CALIBRATION_KEY] = calibration
     policy = base.manifest.get("index_policy") or {}
     source["parent_version"] = base.version
     history = list(source.get("history", []))
