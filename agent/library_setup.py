@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from faultline.encoders.spectrum import SpectrumEncoder
-from faultline.fault_library.builder import build_library
+from faultline.fault_library.builder import build_from_split
 from faultline.fault_library.demo import DEMO_DIR, library_segment
 from faultline.fault_library.library import FaultLibrary, LibraryError, open_current
 from faultline.fault_library.recordings import read_manifest
@@ -41,12 +41,11 @@ def load_or_build_library(
                 "fault library at %s is unusable (%s): rebuilding the default one", root, exc
             )
     entries = read_manifest(DEMO_DIR)
-    build_library(
+    build_from_split(
         entries,
         root,
         encoder,
-        include=lambda e: library_segment(e) is not None,
-        segment=lambda e: library_segment(e) or (0.0, None),
+        library_segment,
         dataset="CWRU demo set (loads 0-2 hp + first half of record 97)",
         progress=progress,
     )

@@ -373,3 +373,29 @@ def _row(
         "model_version": getattr(encoder, "model_sha256", None),
         "description": f"{note.rstrip('.')}. {generated}" if note else generated,
     }
+
+
+Split = Callable[[ManifestEntry], "tuple[float, float | None] | None"]
+
+
+def build_from_split(
+    entries: Sequence[ManifestEntry],
+    out_root: Path,
+    encoder: Encoder,
+    split: Split,
+    *,
+    dataset: str,
+    progress: bool = True,
+) -> Path:
+    """Build from the part of each recording ``split`` allows: ``(start_s, stop_s)``, or
+    None to leave the recording out (held-out loads, the half of a record kept for tests).
+    """
+    return build_library(
+        entries,
+        out_root,
+        encoder,
+        include=lambda e: split(e) is not None,
+        segment=lambda e: split(e) or (0.0, None),
+        dataset=dataset,
+        progress=progress,
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 from faultline.agent.app import Agent
 from faultline.agent.settings import Settings, load_settings
 from faultline.encoders.spectrum import SpectrumEncoder
-from faultline.fault_library.builder import build_library
+from faultline.fault_library.builder import build_from_split
 from faultline.fault_library.library import FaultLibrary, open_current
 from faultline.fault_library.recordings import ManifestEntry, read_manifest
 
@@ -29,12 +29,11 @@ def library_segment(entry: ManifestEntry) -> tuple[float, float | None] | None:
 
 def build_test_library(cwru_dir: Path, root: Path, encoder: SpectrumEncoder) -> FaultLibrary:
     entries = read_manifest(cwru_dir)
-    build_library(
+    build_from_split(
         entries,
         root,
         encoder,
-        include=lambda e: library_segment(e) is not None,
-        segment=lambda e: library_segment(e) or (0.0, None),
+        library_segment,
         dataset="CWRU test split (0-2 hp, 12 kHz; record 97 first half)",
         progress=False,
     )
