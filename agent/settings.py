@@ -245,7 +245,7 @@ class PipelineSettings(_Section):
         default=256,
         ge=1,
         le=100_000,
-        description="Windows waiting for a worker; beyond it intake rejects.",
+        description="Windows waiting for a worker; when full, intake waits (broker holds the rest).",
     )
     batch_max: int = Field(default=32, ge=1, le=1024, description="Most windows per batch.")
     batch_wait_ms: float = Field(
