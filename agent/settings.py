@@ -245,7 +245,7 @@ class PipelineSettings(_Section):
         default=256,
         ge=1,
         le=100_000,
-        description="Windows waiting for a worker; when full, intake waits (broker holds the rest).",
+        description="Windows waiting for a worker; when full, intake waits for room.",
     )
     batch_max: int = Field(default=32, ge=1, le=1024, description="Most windows per batch.")
     batch_wait_ms: float = Field(
