@@ -142,7 +142,13 @@ def test_status_is_retained_online_with_payload_fields(
     mosquitto: MosquittoProcess, unique_prefix: str, transports: Any, observe: Any
 ) -> None:
     status = f"{unique_prefix}/status"
-    transports(mosquitto.port, status_topic=status)
+    transport, _ = transports(mosquitto.port, status_topic=status)
+    # Subscribe only once the broker has acknowledged the status, so what arrives is the
+    # retained copy (connected is not enough: the status may still be on its way).
+    deadline = time.monotonic() + WAIT_S
+    while transport.stats["delivered"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert transport.stats["delivered"] >= 1
     obs = observe(mosquitto.port, status)  # subscribes after the fact: sees the retained copy
     assert obs.inbox.wait_for(lambda items: len(items) >= 1)
     message = obs.inbox.items[0]
