@@ -27,6 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import tables
 from bench.recall import FloatMatrix, build_index
 from bench.synthetic import base_vectors, make_mixture, query_vectors
 
@@ -98,15 +99,11 @@ def _cells(r: LatencyRow) -> list[str]:
 
 
 def format_rows(rows: Sequence[LatencyRow], *, header: bool = True) -> str:
-    cells = [list(_COLUMNS)] if header else []
-    cells += [_cells(r) for r in rows]
-    return "\n".join(f"{c[0]:<48}" + "".join(f"{v:>11}" for v in c[1:]) for c in cells)
+    return tables.text_table(_COLUMNS, [_cells(r) for r in rows], first=48, width=11, header=header)
 
 
 def markdown_rows(rows: Sequence[LatencyRow]) -> str:
-    out = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    out += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
-    return "\n".join(out)
+    return tables.markdown_table(_COLUMNS, [_cells(r) for r in rows])
 
 
 def _sweep(name: str, index: Any, queries: FloatMatrix, threads: Sequence[int]) -> list[LatencyRow]:

@@ -40,6 +40,7 @@ import numpy.typing as npt
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import tables
 from bench.synthetic import DIM, base_vectors, make_mixture, query_vectors
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -410,15 +411,13 @@ def _cells(r: RecallRow, targets: Targets = Targets()) -> list[str]:
 def format_table(
     rows: Sequence[RecallRow], targets: Targets = Targets(), *, header: bool = True
 ) -> str:
-    cells = [list(_COLUMNS)] if header else []
-    cells += [_cells(r, targets) for r in rows]
-    return "\n".join(f"{c[0]:<44}" + "".join(f"{v:>14}" for v in c[1:]) for c in cells)
+    return tables.text_table(
+        _COLUMNS, [_cells(r, targets) for r in rows], first=44, width=14, header=header
+    )
 
 
 def markdown_table(rows: Sequence[RecallRow], targets: Targets) -> str:
-    out = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    out += ["| " + " | ".join(_cells(r, targets)) + " |" for r in rows]
-    return "\n".join(out)
+    return tables.markdown_table(_COLUMNS, [_cells(r, targets) for r in rows])
 
 
 def describe(r: RecallRow) -> str:

@@ -37,6 +37,7 @@ import numpy.typing as npt
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import tables
 from bench.recall import (
     FloatMatrix,
     IdMatrix,
@@ -211,15 +212,11 @@ def _cells(c: CwruRow) -> list[str]:
 
 
 def format_rows(rows: Sequence[CwruRow], *, header: bool = True) -> str:
-    cells = [list(_COLUMNS)] if header else []
-    cells += [_cells(c) for c in rows]
-    return "\n".join(f"{c[0]:<26}" + "".join(f"{v:>15}" for v in c[1:]) for c in cells)
+    return tables.text_table(_COLUMNS, [_cells(c) for c in rows], first=26, width=15, header=header)
 
 
 def markdown_rows(rows: Sequence[CwruRow]) -> str:
-    out = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    out += ["| " + " | ".join(_cells(c)) + " |" for c in rows]
-    return "\n".join(out)
+    return tables.markdown_table(_COLUMNS, [_cells(c) for c in rows])
 
 
 def load_or_embed(cwru_dir: Path, hop_s: float, cache: Path | None) -> Signatures:
