@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faultline.fault_library.novelty import Calibration, calibrate, crossfit_folds, vote_shares
+from faultline.fault_library.physics import LineEvidence, reconcile
 from faultline.fault_library.verdict import (
     DEFAULT_TEMPERATURE,
     UNKNOWN,
@@ -399,12 +400,15 @@ def run_fold(
     calibrated: bool = True,
     quantile: float = 0.05,
     refit: Callable[[I64], npt.NDArray[np.float32]] | None = None,
+    evidence: Sequence[LineEvidence] | None = None,
 ) -> FoldResult:
     """Calibrate on the library side only, then decide every test window and recording.
 
     ``refit(rows)``: for vectors from a model trained on the library side, the library
     embedded by the same kind of model trained on ``rows`` only; calibration is then
     cross-fitted (:func:`faultline.fault_library.novelty.crossfit_folds`).
+    ``evidence``: line evidence of the test windows (in ``fold.test`` order); each verdict
+    is then cross-checked with it (:func:`faultline.fault_library.physics.reconcile`).
     """
     lib = fold.library
     lib_info = [info[i] for i in lib.tolist()]
@@ -445,6 +449,8 @@ def run_fold(
         for s, r in zip(scores, rows, strict=True)
     ]
     names = sorted(set(labels.tolist()))
+    if evidence is not None:
+        verdicts = [reconcile(v, e, names) for v, e in zip(verdicts, evidence, strict=True)]
     raw = vote_shares(labels[rows], scores, names, DEFAULT_TEMPERATURE).max(axis=1)
     test_info = [info[i] for i in fold.test.tolist()]
     records = [

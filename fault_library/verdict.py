@@ -63,7 +63,10 @@ class Verdict:
 
     With a calibration: ``novelty`` is how far the winner's best match fell below its
     class's threshold in units of the class's spread (> 0 means novel), and ``vote_share``
-    the raw weighted vote before calibration (kept for reliability reports)."""
+    the raw weighted vote before calibration (kept for reliability reports).
+    ``evidence``: the characteristic lines read from the spectrum when the verdict was
+    cross-checked with them (:mod:`faultline.fault_library.physics`).
+    """
 
     label: str
     confidence: float
@@ -71,6 +74,7 @@ class Verdict:
     top_score: float
     novelty: float | None = None
     vote_share: float | None = None
+    evidence: str | None = None
 
 
 def _check_thresholds(min_similarity: float, min_confidence: float) -> None:

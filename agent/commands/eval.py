@@ -30,6 +30,13 @@ from faultline.encoders.geometry import bearing_preset
 from faultline.encoders.signals import Measurement, Window
 from faultline.encoders.spectrum import SpectrumEncoder, View
 from faultline.fault_library import evaluation as ev
+from faultline.fault_library.physics import (
+    DEFAULT_RULES,
+    LineEvidence,
+    LineEvidenceReader,
+    reconcile,
+    shifted,
+)
 from faultline.fault_library.recordings import (
     Recording,
     RecordingError,
@@ -84,6 +91,18 @@ def add_parser(sub: Any) -> None:
         "--no-envelope", action="store_true", help="drop the Hilbert-envelope shaft-order features"
     )
     parser.add_argument("--view", choices=("window", "spectrum"), default="window")
+    parser.add_argument(
+        "--no-lines",
+        action="store_true",
+        help="retrieval alone: skip the cross-check with the characteristic lines",
+    )
+    parser.add_argument(
+        "--lines-shift",
+        type=float,
+        default=0.0,
+        metavar="DB",
+        help="move every line threshold by DB (how sensitive the results are to them)",
+    )
     parser.add_argument(
         "--no-calibration",
         action="store_true",
@@ -195,6 +214,9 @@ def load_dataset(data_dir: Path, *, window_s: float, hop_s: float) -> Dataset:
     return Dataset(info, windows, recordings, SpectrumEncoder(projection=None), base_fs, hop_s)
 
 
+ABLATION_LINE_SHIFTS_DB = (-2.0, +2.0)
+"""Line thresholds moved by these amounts in the ablation: how knife-edged they are."""
+
 # --- embeddings per fold ---------------------------------------------------------------------
 
 
@@ -203,6 +225,8 @@ class Config:
     view: View
     projection: str  # "trained" | "none"
     drop: tuple[str, ...]  # feature-name prefixes zeroed (ablations)
+    lines: bool = True  # cross-check verdicts with the characteristic lines (physics.py)
+    lines_shift_db: float = 0.0  # every line threshold moved by this (sensitivity check)
 
     @property
     def name(self) -> str:
@@ -211,7 +235,10 @@ class Config:
             ENVELOPE_PREFIXES: "no envelope",
             ORDER_ENVELOPE_PREFIXES: "no envelope, no comb",
         }.get(self.drop, str(self.drop))
-        return f"{self.view} view, {env}, projection {self.projection}"
+        lines = "" if self.lines else ", no line check"
+        if self.lines and self.lines_shift_db:
+            lines = f", line thresholds {self.lines_shift_db:+g} dB"
+        return f"{self.view} view, {env}, projection {self.projection}{lines}"
 
 
 class Embedder:
@@ -225,6 +252,12 @@ class Embedder:
             dtype=np.float32,
         )
         self.weights = data.encoder.weights(config.view) * self.mask
+        # Dropped features are invisible to the line check too, as they are to retrieval.
+        self.lines = LineEvidenceReader(
+            [n if keep else "" for n, keep in zip(names, self.mask > 0, strict=True)],
+            offset_db=data.encoder.params.prominence_offset_db,
+            rules=shifted(DEFAULT_RULES, config.lines_shift_db),
+        )
         self._cache: dict[bytes, Callable[[F32], F32]] = {}
         self.results: dict[bytes, ev.FoldResult] = {}
         self.train_seconds = 0.0
@@ -262,6 +295,24 @@ class Embedder:
 
     def vectors(self, library: npt.NDArray[np.int64]) -> F32:
         return self.embedding(library)(self.data.features(self.config.view))
+
+    def variant(self, config: Config) -> Embedder:
+        """Same features and projections, another line-check setting (no retraining)."""
+        if (config.view, config.projection, config.drop) != (
+            self.config.view,
+            self.config.projection,
+            self.config.drop,
+        ):
+            raise ValueError(f"{config.name} needs its own projections")
+        other = Embedder(self.data, config)
+        other._cache = self._cache
+        return other
+
+    def evidence(self, rows: npt.NDArray[np.int64]) -> list[LineEvidence] | None:
+        """Line evidence of ``rows`` (None when the configuration skips the line check)."""
+        if not self.config.lines:
+            return None
+        return self.lines.read(self.data.features(self.config.view)[rows])
 
     def refit_for(
         self, library: npt.NDArray[np.int64]
@@ -311,6 +362,7 @@ def evaluate_fold(
             calibrated=not args.no_calibration,
             quantile=args.quantile,
             refit=embedder.refit_for(fold.library),
+            evidence=embedder.evidence(fold.test),
         )
     return embedder.results[key]
 
@@ -391,6 +443,12 @@ def rate_invariance(data: Dataset, embedder: Embedder, args: argparse.Namespace)
                     )
                     for s, r in zip(scores, nbrs, strict=True)
                 ]
+                if embedder.config.lines:
+                    known = set(labels.tolist())
+                    evidence = embedder.lines.read(feats)
+                    verdicts = [
+                        reconcile(v, e, known) for v, e in zip(verdicts, evidence, strict=True)
+                    ]
                 answers[fs] = ([v.label for v in verdicts], aggregate(verdicts).label)
             base = answers[data.base_fs]
             rows.append(
@@ -504,7 +562,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"faultline: {exc}", file=sys.stderr)
         return 2
     drop = ENVELOPE_PREFIXES if args.no_envelope else ()
-    config = Config(args.view, args.projection, drop)
+    config = Config(
+        args.view, args.projection, drop, lines=not args.no_lines, lines_shift_db=args.lines_shift
+    )
     print(
         f"{len(data.info)} windows from {len(data.recordings)} recordings in {data_dir}; "
         f"base rate {data.base_fs:g} Hz; {config.name}; k={args.k}; "
@@ -542,28 +602,39 @@ def run(args: argparse.Namespace) -> int:
 def ablation(
     data: Dataset, args: argparse.Namespace, done: dict[Config, Embedder]
 ) -> list[dict[str, Any]]:
+    """Each feature set with and without the line check, then the line thresholds moved.
+
+    Variants of one feature set share its trained projections (the line check does not
+    change them), so the table costs one training per feature set and fold.
+    """
     rows = []
     print("\n== ablation (LOFSO mean balanced accuracy, held-out class unknown share)")
+    configs: list[Config] = []
     for projection in ("none", "trained"):
         for drop in ((), ENVELOPE_PREFIXES, ORDER_ENVELOPE_PREFIXES):
-            config = Config(args.view, projection, drop)
-            embedder = done.get(config) or Embedder(data, config)
-            lofso = run_split("lofso", data, embedder, args, quiet=True)
-            held = run_split("held-out-class", data, embedder, args, quiet=True)
-            row = {
-                "config": config.name,
-                "lofso_folds": [f["balanced_accuracy"] for f in lofso["folds"]],
-                "lofso_mean": lofso["summary"]["mean_balanced_accuracy"],
-                "lofso_unknown": lofso["summary"]["unknown_rate"],
-                "held_out_unknown": held["summary"]["unknown_share"],
-            }
-            rows.append(row)
-            folds = " ".join(f"{x:.3f}" for x in row["lofso_folds"])
-            unk = " ".join(f"{SHORT[c]} {v:.0%}" for c, v in row["held_out_unknown"].items())
-            print(
-                f"  {config.name:<55} LOFSO {row['lofso_mean']:.3f} [{folds}] "
-                f"unknown {row['lofso_unknown']:.1%} | held-out unknown: {unk}"
-            )
+            configs += [Config(args.view, projection, drop, lines) for lines in (True, False)]
+    configs += [Config(args.view, "trained", (), True, shift) for shift in ABLATION_LINE_SHIFTS_DB]
+    for config in configs:
+        base = Config(config.view, config.projection, config.drop)
+        if base not in done:
+            done[base] = Embedder(data, base)
+        embedder = done.get(config) or done[base].variant(config)
+        lofso = run_split("lofso", data, embedder, args, quiet=True)
+        held = run_split("held-out-class", data, embedder, args, quiet=True)
+        row = {
+            "config": config.name,
+            "lofso_folds": [f["balanced_accuracy"] for f in lofso["folds"]],
+            "lofso_mean": lofso["summary"]["mean_balanced_accuracy"],
+            "lofso_unknown": lofso["summary"]["unknown_rate"],
+            "held_out_unknown": held["summary"]["unknown_share"],
+        }
+        rows.append(row)
+        folds = " ".join(f"{x:.3f}" for x in row["lofso_folds"])
+        unk = " ".join(f"{SHORT[c]} {v:.0%}" for c, v in row["held_out_unknown"].items())
+        print(
+            f"  {config.name:<72} LOFSO {row['lofso_mean']:.3f} [{folds}] "
+            f"unknown {row['lofso_unknown']:.1%} | held-out unknown: {unk}"
+        )
     return rows
 
 
