@@ -165,6 +165,7 @@ class Agent:
                 top_k=pipe.top_k,
                 min_similarity=settings.verdict.min_similarity,
                 min_confidence=settings.verdict.min_confidence,
+                line_check=settings.verdict.line_check,
             ),
             counters=self.counters,
             queue_size=pipe.queue_size,
@@ -301,6 +302,7 @@ class Agent:
             label=diagnosis.verdict.label,
             confidence=diagnosis.verdict.confidence,
             reason=diagnosis.verdict.reason,
+            evidence=diagnosis.verdict.evidence,
             neighbours=[(n.id, n.label, n.score) for n in diagnosis.neighbours],
             latency_ms=diagnosis.latency_ms,
             seq=0,  # numbered at send time, below

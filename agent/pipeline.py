@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from faultline.agent.metrics import Counters
@@ -22,6 +23,7 @@ from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.baseline import judge_against_baseline
 from faultline.fault_library.library import FaultLibrary, Neighbour
+from faultline.fault_library.physics import LineEvidenceReader, reconcile
 from faultline.fault_library.verdict import Verdict, decide
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,16 @@ class VerdictPolicy:
     min_confidence: float = 0.5
     calibrated: bool = True
     """Use the library's per-class novelty thresholds when it has them."""
+    line_check: bool = True
+    """Cross-check each verdict with the bearing's characteristic lines (physics.py)."""
+
+
+@lru_cache(maxsize=8)
+def line_reader(encoder: SpectrumEncoder, view: View) -> LineEvidenceReader:
+    """The line reader for ``encoder``'s feature layout of ``view`` (built once)."""
+    return LineEvidenceReader(
+        encoder.feature_names(view), offset_db=encoder.params.prominence_offset_db
+    )
 
 
 def diagnose_batch(
@@ -87,11 +99,15 @@ def diagnose_batch(
     if not measurements:
         return []
     view = encoder.view_of(measurements[0])
-    vectors = encoder.encode(measurements)
+    features, vectors = encoder.encode_with_features(measurements)
     results = library.search(view, vectors, policy.top_k)
     calibration = library.calibration(view) if policy.calibrated else None
+    evidence = line_reader(encoder, view).read(features) if policy.line_check else None
+    known = library.labels(view)
     out: list[WindowResult] = []
-    for item, vector, neighbours in zip(measurements, vectors, results, strict=True):
+    for row, (item, vector, neighbours) in enumerate(
+        zip(measurements, vectors, results, strict=True)
+    ):
         labels = [n.label for n in neighbours]
         scores = [n.score for n in neighbours]
         verdict = decide(
@@ -101,6 +117,8 @@ def diagnose_batch(
             min_confidence=policy.min_confidence,
             calibration=calibration,
         )
+        if evidence is not None:
+            verdict = reconcile(verdict, evidence[row], known)
         baseline = library.baseline(view, item.asset)
         if baseline is not None:
             own = float(baseline.similarity(vector[None, :])[0])

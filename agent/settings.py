@@ -290,6 +290,10 @@ class VerdictSettings(_Section):
     min_confidence: float = Field(
         default=0.5, ge=0, le=1, description="Below this vote share: unknown (ambiguous)."
     )
+    line_check: bool = Field(
+        default=True,
+        description="Cross-check verdicts with the bearing's BPFO/BPFI lines (see docs).",
+    )
 
 
 class GeometrySettings(_Section):

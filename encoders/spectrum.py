@@ -219,6 +219,12 @@ class SpectrumEncoder:
         view, feats = self._features(items)
         return self.encode_features(view, feats)
 
+    def encode_with_features(self, items: Sequence[Measurement]) -> tuple[F64, F32]:
+        """Unweighted features and vectors in one pass: the runtime reads the
+        characteristic lines from the features (:mod:`faultline.fault_library.physics`)."""
+        view, feats = self._features(items)
+        return feats, self.encode_features(view, feats)
+
     def encode_features(self, view: View, feats: npt.ArrayLike) -> F32:
         """``encode`` from precomputed ``features`` (one projection call for the batch)."""
         feats = np.asarray(feats)

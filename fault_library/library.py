@@ -113,6 +113,7 @@ class FaultLibrary:
         self._calibrations = {
             view: calibration_from_manifest(manifest, view) for view in self.views
         }
+        self._labels = {view: self._label_set(view) for view in self.views}
 
     @classmethod
     def open(
@@ -211,6 +212,19 @@ class FaultLibrary:
     def baseline(self, view: str, asset: str) -> Baseline | None:
         """The asset's enrolled healthy baseline in ``view`` (None: not enrolled here)."""
         return self._baselines.get(view, {}).get(asset)
+
+    def labels(self, view: str) -> frozenset[str]:
+        """Every class the library holds in ``view``, in all shards (held here or not)."""
+        return self._labels.get(view, frozenset())
+
+    def _label_set(self, view: str) -> frozenset[str]:
+        found: set[str] = set()
+        for spec in self.manifest["shards"].values():
+            found.update(spec["views"].get(view, {}).get("label_counts", {}))
+        for shard in self._shards.values():  # manifests without counts: what is held here
+            if view in shard.labels:
+                found.update(np.unique(shard.labels[view]).tolist())
+        return frozenset(found)
 
     def calibration(self, view: str) -> Calibration | None:
         """Per-class novelty thresholds and vote temperature measured at build time."""

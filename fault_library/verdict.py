@@ -168,6 +168,12 @@ def _calibrated(
     return Verdict(winner, share, None, top, novelty, share)
 
 
+def _evidence_of(voters: Sequence[Verdict]) -> str | None:
+    """The lines cited by the surest voter that cites any (None if none does)."""
+    citing = [v for v in voters if v.evidence]
+    return max(citing, key=lambda v: v.confidence).evidence if citing else None
+
+
 def aggregate(verdicts: Sequence[Verdict], *, min_confidence: float = 0.5) -> Verdict:
     """Confidence-weighted vote of a recording's window verdicts (see module docstring)."""
     if not verdicts:
@@ -190,11 +196,17 @@ def aggregate(verdicts: Sequence[Verdict], *, min_confidence: float = 0.5) -> Ve
     if winner == UNKNOWN:
         example = max(voters, key=lambda v: v.confidence).reason
         reason = f"{len(voters)} of {len(verdicts)} windows unknown; e.g. {example}"
-        return Verdict(UNKNOWN, share, reason, max(v.top_score for v in verdicts))
+        return Verdict(
+            UNKNOWN,
+            share,
+            reason,
+            max(v.top_score for v in verdicts),
+            evidence=_evidence_of(voters),
+        )
     if share < min_confidence or _tied(ranked):
         runner_up = ranked[1]
         reason = (
             f"ambiguous across windows: {winner} {share:.2f} vs {runner_up[0]} {runner_up[1]:.2f}"
         )
         return Verdict(UNKNOWN, 1.0 - share, reason, top)
-    return Verdict(winner, share, None, top)
+    return Verdict(winner, share, None, top, evidence=_evidence_of(voters))

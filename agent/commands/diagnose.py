@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=settings.pipeline.top_k,
         min_similarity=settings.verdict.min_similarity,
         min_confidence=settings.verdict.min_confidence,
+        line_check=settings.verdict.line_check,
     )
     results = []
     for start in range(0, len(windows), 64):
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             "label": overall.label,
             "confidence": round(overall.confidence, 4),
             "reason": overall.reason,
+            "evidence": overall.evidence,
         },
         "window_labels": dict(Counter(v.label for v in verdicts).most_common()),
     }
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 "label": r.verdict.label,
                 "confidence": round(r.verdict.confidence, 4),
                 "reason": r.verdict.reason,
+                "evidence": r.verdict.evidence,
                 "neighbours": [
                     {"id": n.id, "label": n.label, "score": round(n.score, 4)}
                     for n in r.neighbours[:3]
@@ -110,6 +113,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"{report['source']}: {verdict['label']} (confidence {verdict['confidence']:.2f})")
     if verdict["reason"]:
         print(f"  reason: {verdict['reason']}")
+    if verdict["evidence"]:
+        print(f"  lines: {verdict['evidence']}")
     print(
         f"  {report['windows']} windows, fs {report['fs']:g} Hz, rpm {report['rpm']} "
         f"({report['rpm_source']}), bearing {report['bearing']}"

@@ -350,6 +350,8 @@ class AlertRecord:
     agent_id: str
     input_kind: Literal["window", "spectrum"]
     emitted_at: float
+    evidence: str | None = None
+    """The characteristic lines read when the verdict was cross-checked with them."""
 
 
 def encode_alert(rec: AlertRecord) -> bytes:
