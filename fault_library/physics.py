@@ -18,7 +18,11 @@ nothing. :func:`reconcile` cross-checks a retrieval verdict with them:
   ("inner-race lines present but the library holds no inner-race signatures");
 * retrieval says a line-family class but its lines are clearly absent (more than
   ``ABSENT_BELOW_DB`` under every threshold): ``unknown``. Just under a threshold is a
-  grey zone where retrieval keeps its answer: a weak line proves nothing either way.
+  grey zone where retrieval keeps its answer: a weak line proves nothing either way;
+* retrieval says a fault, the library holds no healthy signatures, and the window shows
+  no sign of damage (kurtosis under ``IMPULSIVE_KURTOSIS``, no line present): ``unknown``.
+  Without a healthy reference retrieval cannot tell a healthy machine from a faint fault,
+  and calling every healthy machine "ball" would be a false alarm.
 
 Raw-spectrum lines only corroborate (``Indicator.decisive=False``): they count when
 retrieval already says "damaged", since alone they may be another machine line at the
@@ -42,6 +46,9 @@ import numpy.typing as npt
 from faultline.fault_library.verdict import UNKNOWN, Verdict
 
 HEALTHY = "normal"
+KURTOSIS_FEATURE = "log_kurtosis"
+IMPULSIVE_KURTOSIS = 4.0
+"""Above this a window is impulsive: something strikes (Gaussian noise reads 3)."""
 ABSENT_BELOW_DB = 1.0
 """A line counts as absent this far under its threshold; closer, retrieval keeps its answer."""
 
@@ -118,6 +125,8 @@ class LineEvidence:
     assessable: frozenset[str]
     decisive_margins: dict[str, float]
     decisive_readings: dict[str, str]
+    kurtosis: float | None = None
+    """The window's kurtosis (3 for Gaussian noise); None when the view has no samples."""
 
     def present(self, *, corroborated: bool) -> list[str]:
         """Families whose lines stand above threshold, strongest first; without
@@ -127,10 +136,6 @@ class LineEvidence:
 
     def reading(self, family: str, *, corroborated: bool) -> str:
         return (self.readings if corroborated else self.decisive_readings)[family]
-
-    def summary(self) -> str:
-        """One line an operator can check against the spectrum, e.g. for a report."""
-        return "; ".join(self.readings[k] for k in sorted(self.readings))
 
 
 class LineEvidenceReader:
@@ -151,6 +156,7 @@ class LineEvidenceReader:
     ) -> None:
         where = {name: i for i, name in enumerate(feature_names)}
         self._offset = float(offset_db)
+        self._kurtosis_column = where.get(KURTOSIS_FEATURE)
         self._rules: list[tuple[FamilyRule, list[tuple[Indicator, list[int]]], bool]] = []
         for rule in rules:
             usable = [
@@ -176,6 +182,9 @@ class LineEvidenceReader:
             if strong:
                 decisive[rule.label] = self._best(rule, strong, rows)
         assessable = frozenset(rule.label for rule, _, whole in self._rules if whole)
+        kurtosis: list[float | None] = [None] * n
+        if self._kurtosis_column is not None:  # features.time_stats: log10(kurtosis / 3)
+            kurtosis = (3.0 * 10.0 ** rows[:, self._kurtosis_column]).tolist()
         return [
             LineEvidence(
                 margins={k: float(m[r]) for k, (m, _) in every.items()},
@@ -183,6 +192,7 @@ class LineEvidenceReader:
                 assessable=assessable,
                 decisive_margins={k: float(m[r]) for k, (m, _) in decisive.items()},
                 decisive_readings={k: t[r] for k, (_, t) in decisive.items()},
+                kurtosis=kurtosis[r],
             )
             for r in range(n)
         ]
@@ -261,4 +271,20 @@ def reconcile(
             reason=reason,
             evidence=reading,
         )
+    if damaged and HEALTHY not in library_labels and _undamaged(evidence):
+        reason = (
+            f"no sign of damage (kurtosis {evidence.kurtosis:.1f} < {IMPULSIVE_KURTOSIS:g}, "
+            f"no {'/'.join(sorted(evidence.margins))} line) and the library holds no "
+            f"healthy signatures to tell this from a faint fault (retrieval said {claimed})"
+        )
+        return replace(verdict, label=UNKNOWN, confidence=0.5, reason=reason)
     return verdict
+
+
+def _undamaged(evidence: LineEvidence) -> bool:
+    """Nothing strikes and no family's line is present: what a healthy bearing looks like."""
+    return (
+        evidence.kurtosis is not None
+        and evidence.kurtosis < IMPULSIVE_KURTOSIS
+        and not evidence.present(corroborated=True)
+    )
