@@ -84,14 +84,12 @@ class FamilyRule:
     """The class a line family stands for and the indicators that show it (any one is enough)."""
 
     label: str
-    line: str
     indicators: tuple[Indicator, ...]
 
 
 DEFAULT_RULES: tuple[FamilyRule, ...] = (
     FamilyRule(
         "outer_race",
-        "BPFO",
         (
             # A fixed defect in the load zone: plain BPFO harmonics in the envelope ...
             Indicator("envelope BPFO 1-3x", ("env_bpfo_1", "env_bpfo_2", "env_bpfo_3"), 16.0),
@@ -101,7 +99,6 @@ DEFAULT_RULES: tuple[FamilyRule, ...] = (
     ),
     FamilyRule(
         "inner_race",
-        "BPFI",
         (
             # 2x BPFI is left out: on a 6205 it falls within 0.7 % of 3x BPFO. The raw
             # BPFI line is left out too: healthy CWRU recordings carry a shaft line there.
@@ -177,10 +174,10 @@ class LineEvidenceReader:
         every: dict[str, tuple[npt.NDArray[np.float64], list[str]]] = {}
         decisive: dict[str, tuple[npt.NDArray[np.float64], list[str]]] = {}
         for rule, usable, _ in self._rules:
-            every[rule.label] = self._best(rule, usable, rows)
+            every[rule.label] = self._best(usable, rows)
             strong = [(ind, cols) for ind, cols in usable if ind.decisive]
             if strong:
-                decisive[rule.label] = self._best(rule, strong, rows)
+                decisive[rule.label] = self._best(strong, rows)
         assessable = frozenset(rule.label for rule, _, whole in self._rules if whole)
         kurtosis: list[float | None] = [None] * n
         if self._kurtosis_column is not None:  # features.time_stats: log10(kurtosis / 3)
@@ -199,7 +196,6 @@ class LineEvidenceReader:
 
     def _best(
         self,
-        rule: FamilyRule,
         usable: Sequence[tuple[Indicator, list[int]]],
         rows: npt.NDArray[np.float64],
     ) -> tuple[npt.NDArray[np.float64], list[str]]:
@@ -209,7 +205,7 @@ class LineEvidenceReader:
         best = gaps.argmax(axis=0)
         margins: npt.NDArray[np.float64] = gaps[best, np.arange(rows.shape[0])]
         texts = [
-            f"{rule.line} {usable[b][0].description} {levels[b, r]:.1f} dB "
+            f"{usable[b][0].description} {levels[b, r]:.1f} dB "
             f"({'>=' if gaps[b, r] >= 0 else '<'} {usable[b][0].db:g})"
             for r, b in enumerate(best.tolist())
         ]

@@ -121,6 +121,7 @@ class AlertPrinter:
                 f"  #{body['seq']:<5} {asset:<12} {body['label']:<11} "
                 f"conf {body['confidence']:.2f}  nearest {top.get('label', '-'):<10} "
                 f"{top.get('score', 0):.3f}  {body['latency_ms']:6.1f} ms"
+                + (f"  [{body['evidence']}]" if body.get("evidence") else "")
             )
 
     def summary(self) -> str:
