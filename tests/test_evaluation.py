@@ -16,7 +16,7 @@ import pytest
 from scipy.signal import resample_poly
 
 from faultline.agent.cli import main as cli_main
-from faultline.agent.commands import eval as eval_cmd
+from faultline.agent.commands import eval_runs as eval_cmd
 from faultline.encoders.geometry import bearing_preset
 from faultline.encoders.signals import Window
 from faultline.encoders.spectrum import SpectrumEncoder

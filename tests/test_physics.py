@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faultline.agent.commands import eval as eval_cmd
+from faultline.agent.commands import eval_runs as eval_cmd
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library import evaluation as ev
 from faultline.fault_library.physics import (

@@ -1,9 +1,8 @@
 """``faultline eval [DIR]``: leakage-safe evaluation on a labelled folder with a manifest.
 
-Every recording is read and cut into windows once; features are computed once per view and
-kept in memory, so folds only cost the vote (and, with ``--projection trained``, training
-the projection on that fold's library side, which is never shown a test recording).
-Splits and metrics live in :mod:`faultline.fault_library.evaluation`.
+The command line, the ablation table and the printing; reading the folder and running the
+splits is :mod:`faultline.agent.commands.eval_runs`, splits and metrics are
+:mod:`faultline.fault_library.evaluation`.
 """
 
 from __future__ import annotations
@@ -14,44 +13,23 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
-from scipy.signal import resample_poly
 
-from faultline.agent.pipeline import VerdictPolicy
-from faultline.encoders.dsp import magnitude_spectrum
-from faultline.encoders.geometry import bearing_preset
-from faultline.encoders.signals import Measurement, Window
-from faultline.encoders.spectrum import SpectrumEncoder, View
-from faultline.fault_library import evaluation as ev
-from faultline.fault_library.physics import (
-    DEFAULT_RULES,
-    LineEvidence,
-    LineEvidenceReader,
-    reconcile,
-    shifted,
+from faultline.agent.commands.eval_runs import (
+    ENVELOPE_PREFIXES,
+    ORDER_ENVELOPE_PREFIXES,
+    SPLITS,
+    Config,
+    Dataset,
+    Embedder,
+    load_dataset,
+    run_split,
 )
-from faultline.fault_library.recordings import (
-    Recording,
-    RecordingError,
-    iter_windows,
-    read_manifest,
-    read_recording,
-)
-from faultline.fault_library.verdict import UNKNOWN, aggregate, decide
-
-F32 = npt.NDArray[np.float32]
-SPLITS = ("lofso", "lolo", "cross-rate", "held-out-class")
-ENVELOPE_PREFIXES = ("env_",)
-ORDER_ENVELOPE_PREFIXES = ("env_", "comb_")
-RATE_COPIES = (24000.0, 48000.0)
-POLICY = VerdictPolicy()  # the running agent's defaults: same thresholds as in production
+from faultline.fault_library.recordings import RecordingError
+from faultline.fault_library.verdict import UNKNOWN
 
 
 def default_data_dir() -> Path:
@@ -126,357 +104,8 @@ def add_parser(sub: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-# --- data -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Dataset:
-    """Windows of every recording plus their features, computed once per view."""
-
-    info: list[ev.WindowInfo]
-    windows: list[Window]
-    recordings: dict[str, Recording]
-    encoder: SpectrumEncoder
-    base_fs: float
-    hop_s: float
-    _features: dict[str, F32] = field(default_factory=dict)
-    _copies: dict[tuple[str, float, str], F32] = field(default_factory=dict)
-
-    def features(self, view: View) -> F32:
-        if view not in self._features:
-            self._features[view] = encode_features(self.encoder, self.windows, view)
-        return self._features[view]
-
-    def copy_features(self, record: str, fs: float, view: View) -> F32:
-        """Features of ``record`` resampled to ``fs`` (scipy polyphase), cut like the original."""
-        key = (record, fs, view)
-        if key not in self._copies:
-            rec = self.recordings[record]
-            if fs != rec.fs:
-                ratio = Fraction(fs / rec.fs).limit_denominator(1000)
-                signal = resample_poly(rec.signal, ratio.numerator, ratio.denominator)
-                rec = replace(rec, signal=signal.astype(np.float32), fs=fs)
-            window_s = self.info[0].window_s
-            windows = list(iter_windows(rec, record, window_s=window_s, hop_s=self.hop_s))
-            self._copies[key] = encode_features(self.encoder, windows, view)
-        return self._copies[key]
-
-
-def encode_features(encoder: SpectrumEncoder, windows: Sequence[Window], view: View) -> F32:
-    items: list[Measurement] = (
-        list(windows) if view == "window" else [magnitude_spectrum(w) for w in windows]
-    )
-    return np.concatenate([encoder.features(items[i : i + 256]) for i in range(0, len(items), 256)])
-
-
-def load_dataset(data_dir: Path, *, window_s: float, hop_s: float) -> Dataset:
-    entries = read_manifest(data_dir)
-    info: list[ev.WindowInfo] = []
-    windows: list[Window] = []
-    recordings: dict[str, Recording] = {}
-    for e in entries:
-        rec = read_recording(e.path, fs=e.fs, rpm=e.rpm, geometry=bearing_preset(e.bearing))
-        recordings[e.record_id] = rec
-        group = str(
-            e.meta.get("group")
-            or (
-                f"normal:{e.bearing}"
-                if e.label == "normal"
-                else f"{e.label}:{e.fault_size_in:g}:{e.bearing}"
-            )
-        )
-        half = rec.duration_s / 2
-        spans = (
-            [(ev.WHOLE, 0.0, None)]
-            if e.label != "normal"
-            else [(ev.FIRST_HALF, 0.0, half), (ev.SECOND_HALF, half, None)]
-        )
-        for segment, start, stop in spans:
-            for w in iter_windows(
-                rec, e.record_id, window_s=window_s, hop_s=hop_s, start_s=start, stop_s=stop
-            ):
-                windows.append(w)
-                info.append(
-                    ev.WindowInfo(
-                        record_id=e.record_id,
-                        label=e.label,
-                        fault_size_in=e.fault_size_in,
-                        load_hp=e.load_hp,
-                        fs=rec.fs,
-                        offset_s=w.ts,
-                        window_s=window_s,
-                        segment=segment,
-                        group=group,
-                    )
-                )
-    rates = [w.fs for w in info if w.label != "normal"]
-    base_fs = max(set(rates), key=rates.count) if rates else 12000.0
-    return Dataset(info, windows, recordings, SpectrumEncoder(projection=None), base_fs, hop_s)
-
-
 ABLATION_LINE_SHIFTS_DB = (-2.0, +2.0)
 """Line thresholds moved by these amounts in the ablation: how knife-edged they are."""
-
-# --- embeddings per fold ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Config:
-    view: View
-    projection: str  # "trained" | "none"
-    drop: tuple[str, ...]  # feature-name prefixes zeroed (ablations)
-    lines: bool = True  # cross-check verdicts with the characteristic lines (physics.py)
-    lines_shift_db: float = 0.0  # every line threshold moved by this (sensitivity check)
-
-    @property
-    def name(self) -> str:
-        env = {
-            (): "all features",
-            ENVELOPE_PREFIXES: "no envelope",
-            ORDER_ENVELOPE_PREFIXES: "no envelope, no comb",
-        }.get(self.drop, str(self.drop))
-        lines = "" if self.lines else ", no line check"
-        if self.lines and self.lines_shift_db:
-            lines = f", line thresholds {self.lines_shift_db:+g} dB"
-        return f"{self.view} view, {env}, projection {self.projection}{lines}"
-
-
-class Embedder:
-    """Vectors for a fold: v1 weighting, or a projection trained on the library side only."""
-
-    def __init__(self, data: Dataset, config: Config) -> None:
-        self.data, self.config = data, config
-        names = data.encoder.feature_names(config.view)
-        self.mask = np.array(
-            [not n.startswith(config.drop) if config.drop else True for n in names],
-            dtype=np.float32,
-        )
-        self.weights = data.encoder.weights(config.view) * self.mask
-        # Dropped features are invisible to the line check too, as they are to retrieval.
-        self.lines = LineEvidenceReader(
-            [n if keep else "" for n, keep in zip(names, self.mask > 0, strict=True)],
-            offset_db=data.encoder.params.prominence_offset_db,
-            rules=shifted(DEFAULT_RULES, config.lines_shift_db),
-        )
-        self._cache: dict[bytes, Callable[[F32], F32]] = {}
-        self.results: dict[bytes, ev.FoldResult] = {}
-        self.train_seconds = 0.0
-
-    def embedding(self, library: npt.NDArray[np.int64]) -> Callable[[F32], F32]:
-        key = library.tobytes()
-        if key not in self._cache:
-            self._cache[key] = self._fit(library)
-        return self._cache[key]
-
-    def _fit(self, library: npt.NDArray[np.int64]) -> Callable[[F32], F32]:
-        mask, weights = self.mask, self.weights
-        if self.config.projection == "none":
-
-            def v1(feats: F32) -> F32:
-                x = feats * weights
-                out: F32 = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-                return out.astype(np.float32)
-
-            return v1
-        from faultline.encoders.training import train_projection
-
-        started = time.perf_counter()
-        feats = self.data.features(self.config.view)[library] * mask
-        info = self.data.info
-        proj = train_projection(
-            feats,
-            [info[i].label for i in library.tolist()],
-            # Grouped by recording, as models/train_spectrum.py trains the shipped model.
-            [info[i].record_id for i in library.tolist()],
-            init_weights=np.where(mask > 0, weights, 1.0),
-        )
-        self.train_seconds += time.perf_counter() - started
-        return lambda x: proj.apply(x * mask).astype(np.float32)
-
-    def vectors(self, library: npt.NDArray[np.int64]) -> F32:
-        return self.embedding(library)(self.data.features(self.config.view))
-
-    def variant(self, config: Config) -> Embedder:
-        """Same features and projections, another line-check setting (no retraining)."""
-        if (config.view, config.projection, config.drop) != (
-            self.config.view,
-            self.config.projection,
-            self.config.drop,
-        ):
-            raise ValueError(f"{config.name} needs its own projections")
-        other = Embedder(self.data, config)
-        other._cache = self._cache
-        return other
-
-    def evidence(self, rows: npt.NDArray[np.int64]) -> list[LineEvidence] | None:
-        """Line evidence of ``rows`` (None when the configuration skips the line check)."""
-        if not self.config.lines:
-            return None
-        return self.lines.read(self.data.features(self.config.view)[rows])
-
-    def refit_for(
-        self, library: npt.NDArray[np.int64]
-    ) -> Callable[[npt.NDArray[np.int64]], F32] | None:
-        """For cross-fitted calibration: ``library`` embedded by a model trained on a subset."""
-        if self.config.projection == "none":
-            return None
-        feats = self.data.features(self.config.view)[library]
-
-        def refit(rows: npt.NDArray[np.int64]) -> F32:
-            return self.embedding(rows)(feats)
-
-        return refit
-
-
-# --- running splits ---------------------------------------------------------------------------
-
-
-def folds_of(split: str, data: Dataset) -> list[ev.Fold]:
-    fn = {
-        "lofso": ev.lofso_folds,
-        "lolo": ev.lolo_folds,
-        "cross-rate": ev.cross_rate_folds,
-        "held-out-class": ev.held_out_class_folds,
-    }[split]
-    folds = fn(data.info, base_fs=data.base_fs)
-    for fold in folds:
-        problems = ev.leaks(fold, data.info)
-        if problems:
-            raise AssertionError("; ".join(problems))
-    return folds
-
-
-def evaluate_fold(
-    fold: ev.Fold, data: Dataset, embedder: Embedder, args: argparse.Namespace
-) -> ev.FoldResult:
-    """One fold, remembered (the rate-invariance check reuses LOFSO's calibrations)."""
-    key = fold.library.tobytes() + fold.test.tobytes()
-    if key not in embedder.results:
-        embedder.results[key] = ev.run_fold(
-            fold,
-            data.info,
-            embedder.vectors(fold.library),
-            k=args.k,
-            min_similarity=POLICY.min_similarity,
-            min_confidence=POLICY.min_confidence,
-            calibrated=not args.no_calibration,
-            quantile=args.quantile,
-            refit=embedder.refit_for(fold.library),
-            evidence=embedder.evidence(fold.test),
-        )
-    return embedder.results[key]
-
-
-def run_split(
-    split: str, data: Dataset, embedder: Embedder, args: argparse.Namespace, quiet: bool = False
-) -> dict[str, Any]:
-    results = []
-    for fold in folds_of(split, data):
-        res = evaluate_fold(fold, data, embedder, args)
-        summary = res.summary()
-        results.append(summary)
-        if not quiet:
-            print_fold(summary)
-    out: dict[str, Any] = {"folds": results, "summary": summarise(split, results)}
-    if split == "cross-rate" and data.base_fs == 12000.0:
-        out["rate_invariance"] = rate_invariance(data, embedder, args)
-    if not quiet:
-        print_split_summary(split, out)
-    return out
-
-
-def summarise(split: str, folds: list[dict[str, Any]]) -> dict[str, Any]:
-    bas = [f["balanced_accuracy"] for f in folds if not math.isnan(f["balanced_accuracy"])]
-    out: dict[str, Any] = {
-        "mean_balanced_accuracy": float(np.mean(bas)) if bas else math.nan,
-        "min_balanced_accuracy": float(np.min(bas)) if bas else math.nan,
-        "unknown_rate": float(np.mean([f["unknown_rate"] for f in folds])) if folds else math.nan,
-    }
-    for key in ("reliability", "reliability_raw_share"):
-        bins: dict[int, list[float]] = {}
-        for f in folds:
-            for b in (f.get(key) or {}).get("bins", []):
-                acc = bins.setdefault(round(b["lo"] * 10), [0.0, 0.0, 0.0])
-                acc[0] += b["n"]
-                acc[1] += b["n"] * b["confidence"]
-                acc[2] += b["n"] * b["accuracy"]
-        n = sum(v[0] for v in bins.values())
-        out[key] = {
-            "bins": [
-                {"lo": b / 10, "n": int(v[0]), "confidence": v[1] / v[0], "accuracy": v[2] / v[0]}
-                for b, v in sorted(bins.items())
-            ],
-            "ece": sum(abs(v[1] - v[2]) for v in bins.values()) / n if n else math.nan,
-        }
-    if split == "held-out-class":
-        out["unknown_share"] = {f["fold"]: f["unknown_rate"] for f in folds}
-        out["called_otherwise"] = {
-            f["fold"]: {k: v for k, v in f["labels_given"].items() if k != UNKNOWN} for f in folds
-        }
-    return out
-
-
-def rate_invariance(data: Dataset, embedder: Embedder, args: argparse.Namespace) -> dict[str, Any]:
-    """Each base-rate test recording of every LOFSO fold, against that fold's library, and
-    its copies resampled (scipy.signal.resample_poly) to 24 and 48 kHz: same answers?"""
-    rows = []
-    for fold in folds_of("lofso", data):
-        embed = embedder.embedding(fold.library)
-        lib_vec = embed(data.features(embedder.config.view))[fold.library]
-        labels = np.array([data.info[i].label for i in fold.library.tolist()])
-        calibration = evaluate_fold(fold, data, embedder, args).calibration
-        tested = sorted(
-            {data.info[i].record_id for i in fold.test.tolist() if data.info[i].label != "normal"}
-        )
-        for record in tested:
-            answers = {}
-            for fs in (data.base_fs, *RATE_COPIES):
-                feats = data.copy_features(record, fs, embedder.config.view)
-                scores, nbrs = ev.knn(lib_vec, embed(feats), args.k)
-                verdicts = [
-                    decide(
-                        labels[r].tolist(),
-                        s.tolist(),
-                        min_similarity=POLICY.min_similarity,
-                        min_confidence=POLICY.min_confidence,
-                        calibration=calibration,
-                    )
-                    for s, r in zip(scores, nbrs, strict=True)
-                ]
-                if embedder.config.lines:
-                    known = set(labels.tolist())
-                    evidence = embedder.lines.read(feats)
-                    verdicts = [
-                        reconcile(v, e, known) for v, e in zip(verdicts, evidence, strict=True)
-                    ]
-                answers[fs] = ([v.label for v in verdicts], aggregate(verdicts).label)
-            base = answers[data.base_fs]
-            rows.append(
-                {
-                    "fold": fold.name,
-                    "record": record,
-                    "answers": {f"{fs / 1000:g} kHz": a[1] for fs, a in answers.items()},
-                    "same_answer": len({a[1] for a in answers.values()}) == 1,
-                    "window_agreement": float(
-                        np.mean(
-                            [
-                                np.mean([x == y for x, y in zip(base[0], a[0], strict=True)])
-                                for fs, a in answers.items()
-                                if fs != data.base_fs
-                            ]
-                        )
-                    ),
-                }
-            )
-    return {
-        "recordings": len(rows),
-        "same_answer": sum(r["same_answer"] for r in rows),
-        "window_agreement": float(np.mean([r["window_agreement"] for r in rows]))
-        if rows
-        else math.nan,
-        "rows": rows,
-    }
-
 
 # --- printing ---------------------------------------------------------------------------------
 
@@ -582,12 +211,17 @@ def run(args: argparse.Namespace) -> int:
             "k": args.k,
             "quantile": args.quantile,
             "calibrated": not args.no_calibration,
+            "line_check": not args.no_lines,
+            "lines_shift_db": args.lines_shift,
             "window_s": args.window,
             "hop_s": args.hop,
             "model_id": data.encoder.model_id,
         },
-        "splits": {split: run_split(split, data, embedder, args) for split in splits},
+        "splits": {},
     }
+    for split in splits:
+        report["splits"][split] = run_split(split, data, embedder, args, on_fold=print_fold)
+        print_split_summary(split, report["splits"][split])
     if args.ablation:
         report["ablation"] = ablation(data, args, {config: embedder})
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -619,8 +253,8 @@ def ablation(
         if base not in done:
             done[base] = Embedder(data, base)
         embedder = done.get(config) or done[base].variant(config)
-        lofso = run_split("lofso", data, embedder, args, quiet=True)
-        held = run_split("held-out-class", data, embedder, args, quiet=True)
+        lofso = run_split("lofso", data, embedder, args)
+        held = run_split("held-out-class", data, embedder, args)
         row = {
             "config": config.name,
             "lofso_folds": [f["balanced_accuracy"] for f in lofso["folds"]],
