@@ -101,6 +101,12 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--window", type=float, default=1.0, help="window length, s")
     parser.add_argument("--hop", type=float, default=0.5, help="hop between windows, s")
+    parser.add_argument(
+        "--estimate-rpm",
+        action="store_true",
+        help="ignore the manifest's speed: estimate it from each window, as for an asset "
+        "with no rpm configured",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -186,7 +192,9 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or default_data_dir()
     started = time.perf_counter()
     try:
-        data = load_dataset(data_dir, window_s=args.window, hop_s=args.hop)
+        data = load_dataset(
+            data_dir, window_s=args.window, hop_s=args.hop, estimate_rpm=args.estimate_rpm
+        )
     except (RecordingError, OSError) as exc:
         print(f"faultline: {exc}", file=sys.stderr)
         return 2
@@ -212,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
             "quantile": args.quantile,
             "calibrated": not args.no_calibration,
             "line_check": not args.no_lines,
+            "rpm": "estimated" if args.estimate_rpm else "manifest",
             "lines_shift_db": args.lines_shift,
             "window_s": args.window,
             "hop_s": args.hop,

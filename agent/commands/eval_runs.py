@@ -94,13 +94,19 @@ def encode_features(encoder: SpectrumEncoder, windows: Sequence[Window], view: V
     return np.concatenate([encoder.features(items[i : i + 256]) for i in range(0, len(items), 256)])
 
 
-def load_dataset(data_dir: Path, *, window_s: float, hop_s: float) -> Dataset:
+def load_dataset(
+    data_dir: Path, *, window_s: float, hop_s: float, estimate_rpm: bool = False
+) -> Dataset:
+    """Every recording of ``data_dir`` cut into windows (``estimate_rpm``: forget the
+    manifest's speed, so the encoder estimates it from each window's spectrum)."""
     entries = read_manifest(data_dir)
     info: list[ev.WindowInfo] = []
     windows: list[Window] = []
     recordings: dict[str, Recording] = {}
     for e in entries:
         rec = read_recording(e.path, fs=e.fs, rpm=e.rpm, geometry=bearing_preset(e.bearing))
+        if estimate_rpm:
+            rec = replace(rec, rpm=None)
         recordings[e.record_id] = rec
         group = str(
             e.meta.get("group")
