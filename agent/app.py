@@ -166,6 +166,7 @@ class Agent:
                 min_similarity=settings.verdict.min_similarity,
                 min_confidence=settings.verdict.min_confidence,
                 line_check=settings.verdict.line_check,
+                line_shift_db=settings.verdict.line_shift_db,
             ),
             counters=self.counters,
             queue_size=pipe.queue_size,

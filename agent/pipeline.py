@@ -23,7 +23,12 @@ from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.baseline import judge_against_baseline
 from faultline.fault_library.library import FaultLibrary, Neighbour
-from faultline.fault_library.physics import LineEvidenceReader, reconcile
+from faultline.fault_library.physics import (
+    DEFAULT_RULES,
+    LineEvidenceReader,
+    reconcile,
+    shifted,
+)
 from faultline.fault_library.verdict import Verdict, decide
 
 log = logging.getLogger(__name__)
@@ -75,13 +80,17 @@ class VerdictPolicy:
     """Use the library's per-class novelty thresholds when it has them."""
     line_check: bool = True
     """Cross-check each verdict with the bearing's characteristic lines (physics.py)."""
+    line_shift_db: float = 0.0
+    """Every line threshold moved by this many dB (positive: stricter)."""
 
 
 @lru_cache(maxsize=8)
-def line_reader(encoder: SpectrumEncoder, view: View) -> LineEvidenceReader:
+def line_reader(encoder: SpectrumEncoder, view: View, shift_db: float) -> LineEvidenceReader:
     """The line reader for ``encoder``'s feature layout of ``view`` (built once)."""
     return LineEvidenceReader(
-        encoder.feature_names(view), offset_db=encoder.params.prominence_offset_db
+        encoder.feature_names(view),
+        offset_db=encoder.params.prominence_offset_db,
+        rules=shifted(DEFAULT_RULES, shift_db),
     )
 
 
@@ -102,7 +111,11 @@ def diagnose_batch(
     features, vectors = encoder.encode_with_features(measurements)
     results = library.search(view, vectors, policy.top_k)
     calibration = library.calibration(view) if policy.calibrated else None
-    evidence = line_reader(encoder, view).read(features) if policy.line_check else None
+    evidence = (
+        line_reader(encoder, view, policy.line_shift_db).read(features)
+        if policy.line_check
+        else None
+    )
     known = library.labels(view)
     out: list[WindowResult] = []
     for row, (item, vector, neighbours) in enumerate(

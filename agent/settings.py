@@ -294,6 +294,12 @@ class VerdictSettings(_Section):
         default=True,
         description="Cross-check verdicts with the bearing's BPFO/BPFI lines (see docs).",
     )
+    line_shift_db: float = Field(
+        default=0.0,
+        ge=-10,
+        le=10,
+        description="Move every line threshold by this many dB (positive: stricter).",
+    )
 
 
 class GeometrySettings(_Section):

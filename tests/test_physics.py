@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from faultline.agent.commands import eval_runs as eval_cmd
+from faultline.agent.pipeline import VerdictPolicy, diagnose_batch
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library import evaluation as ev
+from faultline.fault_library.library import FaultLibrary
 from faultline.fault_library.physics import (
     DEFAULT_RULES,
     LineEvidence,
@@ -22,6 +24,7 @@ from faultline.fault_library.physics import (
     reconcile,
     shifted,
 )
+from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
 from faultline.fault_library.verdict import UNKNOWN, Verdict
 
 
@@ -227,3 +230,22 @@ def test_lines_are_found_where_the_estimated_speed_puts_them(cwru_dir: Path) -> 
     assert all(w.rpm is None for w in data.windows)
     embedder = eval_cmd.Embedder(data, eval_cmd.Config("window", "none", ()))
     assert _mean_balanced(data, embedder, ev.lofso_folds(data.info)) >= 0.92
+
+
+def test_the_pipeline_checks_lines_and_honours_the_threshold_shift(
+    cwru_dir: Path, test_library: FaultLibrary, encoder: SpectrumEncoder
+) -> None:
+    """Real windows of record 133 (outer race, 3 hp: not in the test library) through
+    ``diagnose_batch``: BPFO cited at the default thresholds; with every threshold 20 dB
+    higher the outer-race answer has no line left and is refused."""
+    (entry,) = [e for e in read_manifest(cwru_dir) if e.record_id == "133"]
+    recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
+    windows = list(iter_windows(recording, "asset-133", window_s=1.0, hop_s=0.5))[:6]
+    plain = diagnose_batch(windows, encoder, test_library, VerdictPolicy())
+    assert [r.verdict.label for r in plain] == ["outer_race"] * 6
+    assert all("BPFO" in (r.verdict.evidence or "") for r in plain)
+    strict = diagnose_batch(windows, encoder, test_library, VerdictPolicy(line_shift_db=20.0))
+    assert {r.verdict.label for r in strict} == {UNKNOWN}
+    assert all((r.verdict.reason or "").startswith("no lines") for r in strict)
+    unchecked = diagnose_batch(windows, encoder, test_library, VerdictPolicy(line_check=False))
+    assert all(r.verdict.evidence is None for r in unchecked)

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         min_similarity=settings.verdict.min_similarity,
         min_confidence=settings.verdict.min_confidence,
         line_check=settings.verdict.line_check,
+        line_shift_db=settings.verdict.line_shift_db,
     )
     results = []
     for start in range(0, len(windows), 64):
