@@ -11,9 +11,9 @@ from pathlib import Path
 
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.builder import build_from_split
+from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.demo import DEMO_DIR, library_segment
 from faultline.fault_library.library import FaultLibrary, LibraryError, open_current
-from faultline.fault_library.recordings import read_manifest
 
 log = logging.getLogger(__name__)
 

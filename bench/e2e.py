@@ -33,11 +33,8 @@ from faultline.agent.simulator import encode_for_wire
 from faultline.agent.transport.broker import MosquittoProcess
 from faultline.encoders.signals import Window
 from faultline.encoders.spectrum import SpectrumEncoder
-from faultline.fault_library.recordings import (
-    iter_windows,
-    read_manifest,
-    read_recording,
-)
+from faultline.fault_library.catalog import read_manifest
+from faultline.fault_library.recordings import iter_windows, read_recording
 from tests.harness import build_test_library
 
 RECORDS = ("97", "108", "133", "121", "172", "200")

@@ -33,7 +33,8 @@ from text_encode import make_texts
 from faultline.encoders.dsp import magnitude_spectrum
 from faultline.encoders.signals import Measurement, Window
 from faultline.encoders.spectrum import SpectrumEncoder
-from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
+from faultline.fault_library.catalog import read_manifest
+from faultline.fault_library.recordings import iter_windows, read_recording
 
 
 def default_data_dir() -> Path:

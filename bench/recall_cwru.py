@@ -87,7 +87,8 @@ class CwruRow:
 def embed_cwru(cwru_dir: Path, hop_s: float, log: Any = None) -> Signatures:
     """Embed every recording's DE windows and split them by load (see module docstring)."""
     from faultline.encoders.spectrum import SpectrumEncoder
-    from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
+    from faultline.fault_library.catalog import read_manifest
+    from faultline.fault_library.recordings import iter_windows, read_recording
 
     encoder = SpectrumEncoder()
     lib: list[FloatMatrix] = []

@@ -25,17 +25,12 @@ from tqdm import tqdm
 from faultline.encoders.dsp import magnitude_spectrum
 from faultline.encoders.geometry import bearing_preset
 from faultline.encoders.signals import Measurement, Window
+from faultline.fault_library.catalog import ManifestEntry, sha256_file
 from faultline.fault_library.index import DEFAULT_LARGE_FACTORY, EXACT_FACTORY
 from faultline.fault_library.labels import parse_fault_label
 from faultline.fault_library.library import LibraryError, publish_version
 from faultline.fault_library.novelty import CALIBRATION_KEY, calibrate_library
-from faultline.fault_library.recordings import (
-    ManifestEntry,
-    RecordingError,
-    iter_windows,
-    read_recording,
-    sha256_file,
-)
+from faultline.fault_library.recordings import RecordingError, iter_windows, read_recording
 from faultline.fault_library.store import VIEWS, StoreError, describe_signature, signature_id
 from faultline.fault_library.versions import new_build_dir, write_lock
 from faultline.fault_library.writer import write_version

@@ -9,7 +9,6 @@ wrong with it instead of a numpy traceback from deep in the pipeline.
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import re
 from collections.abc import Iterator
@@ -21,19 +20,15 @@ import numpy.typing as npt
 
 from faultline.encoders.geometry import BearingGeometry, bearing_preset
 from faultline.encoders.signals import Window
-from faultline.fault_library.labels import parse_fault_label
+from faultline.fault_library.catalog import RecordingError, read_manifest
 
 __all__ = [
     "MIN_SAMPLES",
-    "ManifestEntry",
     "Recording",
     "RecordingError",
     "iter_windows",
-    "read_manifest",
     "read_mat_channel",
     "read_recording",
-    "sha256_file",
-    "verify_sha256",
 ]
 
 MIN_SAMPLES = 64
@@ -41,15 +36,10 @@ MIN_SAMPLES = 64
 
 SUPPORTED_SUFFIXES = (".mat", ".npz", ".wav", ".csv")
 _GEOMETRY_KEYS = ("n_balls", "ball_diameter", "pitch_diameter")
-_MANIFEST_REQUIRED = ("path", "record_id", "fault", "fault_diameter_in", "load_hp", "rpm", "fs_hz")
 _F32_MAX = float(np.finfo(np.float32).max)
 
 Float64Array = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
-
-
-class RecordingError(ValueError):
-    """A recording or manifest that cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -426,121 +416,3 @@ def _windows(rec: Recording, asset: str, starts: range, n: int, ts0: float) -> I
             geometry=rec.geometry,
             meta={"source": rec.source, "offset_s": offset},
         )
-
-
-# --- manifests ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One row of a CWRU-style ``manifest.csv``; unknown columns land in ``meta``."""
-
-    path: Path
-    record_id: str
-    label: str
-    fault_size_in: float
-    load_hp: int | None
-    rpm: float | None
-    fs: float
-    sha256: str | None
-    bearing: str = "6205"
-    meta: dict[str, object] = field(default_factory=dict)
-
-
-def read_manifest(data_dir: str | Path) -> list[ManifestEntry]:
-    """Parse ``<data_dir>/manifest.csv``; paths come back absolute (not checked to exist)."""
-    data_dir = Path(data_dir).resolve()
-    manifest = data_dir / "manifest.csv"
-    if not manifest.is_file():
-        raise RecordingError(f"{manifest}: file not found")
-    with manifest.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in _MANIFEST_REQUIRED if c not in columns]
-        if missing:
-            raise RecordingError(f"{manifest}: missing column(s) {', '.join(missing)}")
-        entries: list[ManifestEntry] = []
-        seen: set[str] = set()
-        for number, raw_row in enumerate(reader, start=1):
-            row = {k.strip(): (v or "").strip() for k, v in raw_row.items() if k is not None}
-            entry = _manifest_row(manifest, number, row)
-            if entry.record_id in seen:
-                raise RecordingError(
-                    f"{manifest}: row {number}, column 'record_id': duplicate {entry.record_id!r}"
-                )
-            seen.add(entry.record_id)
-            entries.append(entry)
-    return entries
-
-
-def _manifest_row(manifest: Path, number: int, row: dict[str, str]) -> ManifestEntry:
-    def fail(column: str, problem: str) -> RecordingError:
-        return RecordingError(f"{manifest}: row {number}, column {column!r}: {problem}")
-
-    def number_of(column: str, *, optional: bool = False, positive: bool = False) -> float | None:
-        text = row.get(column, "")
-        if not text:
-            if optional:
-                return None
-            raise fail(column, "empty")
-        try:
-            value = float(text)
-        except ValueError:
-            raise fail(column, f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise fail(column, f"must be {'positive' if positive else '>= 0'}, got {text!r}")
-        return value
-
-    if not row["path"]:
-        raise fail("path", "empty")
-    if not row["record_id"]:
-        raise fail("record_id", "empty")
-    try:
-        label = parse_fault_label(row["fault"])
-    except ValueError as exc:
-        raise fail("fault", str(exc)) from None
-    load = number_of("load_hp", optional=True)
-    if load is not None and load != int(load):
-        raise fail("load_hp", f"must be a whole number, got {row['load_hp']!r}")
-    sha = row.get("sha256", "").lower() or None
-    if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise fail("sha256", f"not a SHA-256 hex digest: {sha!r}")
-    bearing = row.get("bearing", "") or "6205"
-    try:
-        bearing_preset(bearing)
-    except ValueError as exc:
-        raise fail("bearing", str(exc)) from None
-    fs = number_of("fs_hz", positive=True)
-    if fs is None:  # unreachable (not optional); narrows the type
-        raise fail("fs_hz", "empty")
-    known = {*_MANIFEST_REQUIRED, "sha256", "bearing"}
-    return ManifestEntry(
-        path=(manifest.parent / row["path"]).resolve(),
-        record_id=row["record_id"],
-        label=label,
-        fault_size_in=number_of("fault_diameter_in", optional=True) or 0.0,
-        load_hp=None if load is None else int(load),
-        rpm=number_of("rpm", optional=True, positive=True),
-        fs=fs,
-        sha256=sha,
-        bearing=bearing,
-        meta={k: v for k, v in row.items() if k not in known},
-    )
-
-
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks so large recordings never sit in memory."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_sha256(entry: ManifestEntry) -> bool:
-    """Whether the file still has the bytes the manifest recorded."""
-    if entry.sha256 is None:
-        raise RecordingError(f"{entry.path}: the manifest records no sha256 to verify against")
-    if not entry.path.is_file():
-        raise RecordingError(f"{entry.path}: file not found")
-    return sha256_file(entry.path) == entry.sha256

@@ -27,6 +27,7 @@ from faultline.fault_library.builder import (
     SignatureSource,
     embed_windows,
 )
+from faultline.fault_library.catalog import sha256_file
 from faultline.fault_library.index import DEFAULT_LARGE_FACTORY
 from faultline.fault_library.labels import parse_fault_label
 from faultline.fault_library.library import (
@@ -36,12 +37,7 @@ from faultline.fault_library.library import (
     publish_version,
 )
 from faultline.fault_library.novelty import CALIBRATION_KEY, calibrate_library
-from faultline.fault_library.recordings import (
-    RecordingError,
-    iter_windows,
-    read_recording,
-    sha256_file,
-)
+from faultline.fault_library.recordings import RecordingError, iter_windows, read_recording
 from faultline.fault_library.shards import owner
 from faultline.fault_library.store import StoreError
 from faultline.fault_library.versions import new_build_dir, write_lock

@@ -37,7 +37,8 @@ from faultline.encoders.projection import INPUT_NAME, MANIFEST_NAME, OUTPUT_NAME
 from faultline.encoders.signals import Measurement, Window
 from faultline.encoders.spectrum import SpectrumEncoder, View
 from faultline.encoders.training import TrainConfig, train_projection
-from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
+from faultline.fault_library.catalog import read_manifest
+from faultline.fault_library.recordings import iter_windows, read_recording
 
 CLASSES = ("normal", "inner_race", "outer_race", "ball")
 VIEWS: tuple[View, ...] = ("window", "spectrum")

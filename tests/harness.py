@@ -9,8 +9,8 @@ from faultline.agent.app import Agent
 from faultline.agent.settings import Settings, load_settings
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.builder import build_from_split
+from faultline.fault_library.catalog import ManifestEntry, read_manifest
 from faultline.fault_library.library import FaultLibrary, open_current
-from faultline.fault_library.recordings import ManifestEntry, read_manifest
 
 # The end-to-end tests replay 3 hp recordings and the second half of the healthy record;
 # the library learns from 0-2 hp and the first half only, so nothing replayed is in it.

@@ -11,8 +11,9 @@ import pytest
 from faultline.agent.simulator import encode_for_wire
 from faultline.agent.transport.payloads import encode_window_binary
 from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.library import FaultLibrary
-from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
+from faultline.fault_library.recordings import iter_windows, read_recording
 from tests.collector import Collector, sensor_client
 from tests.harness import agent_settings, start_agent
 

@@ -21,13 +21,9 @@ from faultline.agent.transport.payloads import encode_window_json
 from faultline.encoders.signals import Window
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.builder import build_library
+from faultline.fault_library.catalog import ManifestEntry, read_manifest
 from faultline.fault_library.library import FaultLibrary, open_current
-from faultline.fault_library.recordings import (
-    ManifestEntry,
-    iter_windows,
-    read_manifest,
-    read_recording,
-)
+from faultline.fault_library.recordings import iter_windows, read_recording
 from faultline.fault_library.updates import add_recording
 from tests.collector import sensor_client
 

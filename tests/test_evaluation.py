@@ -22,9 +22,10 @@ from faultline.encoders.signals import Window
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library import evaluation as ev
 from faultline.fault_library.builder import build_library
+from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.library import FaultLibrary
 from faultline.fault_library.novelty import Calibration, calibration_from_manifest
-from faultline.fault_library.recordings import Recording, iter_windows, read_manifest
+from faultline.fault_library.recordings import Recording, iter_windows
 from faultline.fault_library.verdict import UNKNOWN, aggregate, decide
 
 SPLITS = {

@@ -15,13 +15,9 @@ from faultline.agent.app import Agent
 from faultline.agent.transport.payloads import encode_window_binary
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.builder import build_library
+from faultline.fault_library.catalog import ManifestEntry, read_manifest
 from faultline.fault_library.library import open_current
-from faultline.fault_library.recordings import (
-    ManifestEntry,
-    iter_windows,
-    read_manifest,
-    read_recording,
-)
+from faultline.fault_library.recordings import iter_windows, read_recording
 from tests.collector import Collector, sensor_client
 from tests.harness import agent_settings, library_segment
 

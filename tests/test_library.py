@@ -16,6 +16,7 @@ import pytest
 from faultline.encoders.dsp import magnitude_spectrum
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.builder import LibraryBuildError, build_library
+from faultline.fault_library.catalog import ManifestEntry, read_manifest
 from faultline.fault_library.index import (
     DEFAULT_LARGE_FACTORY,
     EXACT_FACTORY,
@@ -36,12 +37,7 @@ from faultline.fault_library.library import (
     publish_version,
     write_version,
 )
-from faultline.fault_library.recordings import (
-    ManifestEntry,
-    iter_windows,
-    read_manifest,
-    read_recording,
-)
+from faultline.fault_library.recordings import iter_windows, read_recording
 from faultline.fault_library.store import (
     VIEWS,
     SignatureStore,

@@ -26,6 +26,7 @@ import pytest
 from faultline.agent.cli import main
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.builder import LibraryBuildError, build_library
+from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.library import (
     current_version,
     list_versions,
@@ -33,7 +34,6 @@ from faultline.fault_library.library import (
     publish_version,
     reload_if_changed,
 )
-from faultline.fault_library.recordings import read_manifest
 from faultline.fault_library.versions import new_build_dir
 from faultline.fault_library.writer import write_version
 

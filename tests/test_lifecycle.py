@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from faultline.agent.transport.payloads import encode_window_json
+from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.library import FaultLibrary
-from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
+from faultline.fault_library.recordings import iter_windows, read_recording
 from tests.collector import Collector, sensor_client
 
 pytestmark = pytest.mark.slow

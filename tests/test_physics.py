@@ -16,6 +16,7 @@ from faultline.agent.commands import eval_runs as eval_cmd
 from faultline.agent.pipeline import VerdictPolicy, diagnose_batch
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library import evaluation as ev
+from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.library import FaultLibrary
 from faultline.fault_library.physics import (
     DEFAULT_RULES,
@@ -24,7 +25,7 @@ from faultline.fault_library.physics import (
     reconcile,
     shifted,
 )
-from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
+from faultline.fault_library.recordings import iter_windows, read_recording
 from faultline.fault_library.verdict import UNKNOWN, Verdict
 
 

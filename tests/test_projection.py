@@ -24,7 +24,8 @@ from faultline.encoders.projection import (
 from faultline.encoders.signals import Window
 from faultline.encoders.spectrum import SpectrumEncoder, View
 from faultline.encoders.training import train_projection
-from faultline.fault_library.recordings import iter_windows, read_manifest, read_recording
+from faultline.fault_library.catalog import read_manifest
+from faultline.fault_library.recordings import iter_windows, read_recording
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 F32 = npt.NDArray[np.float32]

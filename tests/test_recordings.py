@@ -17,15 +17,13 @@ from scipy.io import loadmat, savemat, wavfile
 
 from faultline.encoders.geometry import BearingGeometry, bearing_preset
 from faultline.fault_library import demo
+from faultline.fault_library.catalog import ManifestEntry, read_manifest, verify_sha256
 from faultline.fault_library.demo.derive import HARD_LIMIT_BYTES, derive_record
 from faultline.fault_library.recordings import (
-    ManifestEntry,
     Recording,
     RecordingError,
     iter_windows,
-    read_manifest,
     read_recording,
-    verify_sha256,
 )
 
 DEMO_DIR = Path(demo.__file__).resolve().parent

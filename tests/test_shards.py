@@ -19,6 +19,7 @@ import pytest
 from faultline.encoders.dsp import magnitude_spectrum
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.builder import LibraryBuildError, build_library
+from faultline.fault_library.catalog import ManifestEntry, read_manifest
 from faultline.fault_library.library import (
     STORE_FILE,
     FaultLibrary,
@@ -26,12 +27,7 @@ from faultline.fault_library.library import (
     open_current,
     publish_version,
 )
-from faultline.fault_library.recordings import (
-    ManifestEntry,
-    iter_windows,
-    read_manifest,
-    read_recording,
-)
+from faultline.fault_library.recordings import iter_windows, read_recording
 from faultline.fault_library.shards import (
     assign,
     check_shard_names,

@@ -29,8 +29,9 @@ from faultline.agent.settings import Settings
 from faultline.agent.simulator import SimulatedAsset, Simulator
 from faultline.agent.transport.broker import EmbeddedBroker, broker_reachable, start_embedded_broker
 from faultline.agent.transport.mqtt import InboundMessage
+from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.demo import DEMO_DIR, DEMO_STREAMS
-from faultline.fault_library.recordings import read_manifest, read_recording
+from faultline.fault_library.recordings import read_recording
 
 log = logging.getLogger(__name__)
 

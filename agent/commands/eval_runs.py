@@ -28,6 +28,7 @@ from faultline.encoders.geometry import bearing_preset
 from faultline.encoders.signals import Measurement, Window
 from faultline.encoders.spectrum import SpectrumEncoder, View
 from faultline.fault_library import evaluation as ev
+from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.physics import (
     DEFAULT_RULES,
     LineEvidence,
@@ -35,12 +36,7 @@ from faultline.fault_library.physics import (
     reconcile,
     shifted,
 )
-from faultline.fault_library.recordings import (
-    Recording,
-    iter_windows,
-    read_manifest,
-    read_recording,
-)
+from faultline.fault_library.recordings import Recording, iter_windows, read_recording
 from faultline.fault_library.verdict import UNKNOWN, aggregate, decide
 
 F32 = npt.NDArray[np.float32]

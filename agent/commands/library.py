@@ -30,10 +30,11 @@ from faultline.agent.commands.run import settings_or_exit
 from faultline.agent.settings import Settings
 from faultline.encoders.dsp import magnitude_spectrum
 from faultline.fault_library.builder import LibraryBuildError, build_library
+from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.demo import DEMO_DIR
 from faultline.fault_library.labels import FAULT_LABELS, parse_fault_label
 from faultline.fault_library.library import FaultLibrary, LibraryError, open_current
-from faultline.fault_library.recordings import RecordingError, iter_windows, read_manifest
+from faultline.fault_library.recordings import RecordingError, iter_windows
 from faultline.fault_library.store import VIEWS
 from faultline.fault_library.updates import add_recording, reshard
 from faultline.fault_library.versions import current_version, list_versions, version_dir

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from faultline.fault_library.recordings import ManifestEntry
+from faultline.fault_library.catalog import ManifestEntry
 
 DEMO_DIR = Path(__file__).resolve().parent
 HELD_OUT_LOAD_HP = 3

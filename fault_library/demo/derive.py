@@ -29,14 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from faultline.encoders.geometry import bearing_preset
-from faultline.fault_library.recordings import (
-    ManifestEntry,
-    RecordingError,
-    read_manifest,
-    read_mat_channel,
-    sha256_file,
-    verify_sha256,
-)
+from faultline.fault_library.catalog import ManifestEntry, read_manifest, sha256_file, verify_sha256
+from faultline.fault_library.recordings import RecordingError, read_mat_channel
 
 DEFAULT_SECONDS = 6.0
 """Long enough for several 1 s windows per record; 48 kHz records (~5.1 s) stay whole."""
