@@ -37,10 +37,11 @@ from faultline.encoders.projection import INPUT_NAME, MANIFEST_NAME, OUTPUT_NAME
 from faultline.encoders.signals import Measurement, Window
 from faultline.encoders.spectrum import SpectrumEncoder, View
 from faultline.encoders.training import TrainConfig, train_projection
+from faultline.fault_library import evaluation as ev
 from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.recordings import iter_windows, read_recording
 
-CLASSES = ("normal", "inner_race", "outer_race", "ball")
+CLASSES = ev.CLASSES
 VIEWS: tuple[View, ...] = ("window", "spectrum")
 BASE_FS = 12000.0
 HOP_S = 0.5
@@ -99,15 +100,6 @@ def knn_predict(lib: F32, lib_labels: Sequence[str], test: F32, k: int = 5) -> l
     return out
 
 
-def balanced_accuracy(truth: Sequence[str], pred: Sequence[str]) -> tuple[float, dict[str, float]]:
-    recalls = {}
-    for c in CLASSES:
-        idx = [i for i, t in enumerate(truth) if t == c]
-        if idx:
-            recalls[c] = sum(pred[i] == c for i in idx) / len(idx)
-    return float(np.mean(list(recalls.values()))), recalls
-
-
 def v1_embed(encoder: SpectrumEncoder, view: View) -> Embed:
     weights = encoder.weights(view).astype(np.float32)
 
@@ -151,9 +143,9 @@ def run_split(
             test += [i for i, it in enumerate(items) if it.half == 1 - lib_half]
             embed = make_embed(lib)
             pred = knn_predict(embed(feats[lib]), [items[i].label for i in lib], embed(feats[test]))
-            ba, rec = balanced_accuracy([items[i].label for i in test], pred)
-            scores.append(ba)
-            for c, r in rec.items():
+            truth = [items[i].label for i in test]
+            scores.append(ev.balanced_accuracy(truth, pred))
+            for c, r in ev.per_class_recall(truth, pred).items():
                 recalls[c] += r / 2
         result["folds"][name] = {
             "balanced_accuracy": round(float(np.mean(scores)), 4),
