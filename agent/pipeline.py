@@ -130,12 +130,14 @@ def diagnose_batch(
             min_confidence=policy.min_confidence,
             calibration=calibration,
         )
-        if evidence is not None:
-            verdict = reconcile(verdict, evidence[row], known)
         baseline = library.baseline(view, item.asset)
         if baseline is not None:
             own = float(baseline.similarity(vector[None, :])[0])
             verdict = judge_against_baseline(verdict, labels, scores, own, baseline)
+        # Lines last: they overrule an asset's own baseline too (one enrolled while the
+        # defect was already there would otherwise call the defect normal).
+        if evidence is not None:
+            verdict = reconcile(verdict, evidence[row], known)
         rpm, rpm_source = encoder.describe_rpm(item)
         out.append(WindowResult(verdict, neighbours, rpm, rpm_source, view))
     return out

@@ -250,16 +250,16 @@ def reconcile(
         if family not in library_labels:
             reason = (
                 f"novel: {reading}: {family} lines present, but the library holds no "
-                f"{family} signatures (retrieval said {claimed})"
+                f"{family} signatures (instead of {claimed})"
             )
             return replace(
                 verdict, label=UNKNOWN, confidence=support, reason=reason, evidence=reading
             )
-        reason = f"lines: {reading} (retrieval said {claimed})"
+        reason = f"lines: {reading} (instead of {claimed})"
         return replace(verdict, label=family, confidence=support, reason=reason, evidence=reading)
     if claimed in evidence.assessable and evidence.margins[claimed] < -absent_below_db:
         reading = evidence.readings[claimed]
-        reason = f"no lines: retrieval said {claimed}, but {reading}"
+        reason = f"no lines: {claimed} claimed, but {reading}"
         return replace(
             verdict,
             label=UNKNOWN,
@@ -271,7 +271,7 @@ def reconcile(
         reason = (
             f"no sign of damage (kurtosis {evidence.kurtosis:.1f} < {IMPULSIVE_KURTOSIS:g}, "
             f"no {'/'.join(sorted(evidence.margins))} line) and the library holds no "
-            f"healthy signatures to tell this from a faint fault (retrieval said {claimed})"
+            f"healthy signatures to tell this from a faint fault (instead of {claimed})"
         )
         return replace(verdict, label=UNKNOWN, confidence=0.5, reason=reason)
     return verdict

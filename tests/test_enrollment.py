@@ -151,3 +151,41 @@ def test_live_enrolment_over_mqtt_then_list(
     assert listed.returncode == 0, listed.stderr
     assets = json.loads(listed.stdout)["assets"]
     assert assets["press-7"]["windows"] >= 6
+
+
+def test_lines_overrule_a_baseline_enrolled_with_the_defect_present(
+    cwru_dir: Path, encoder: SpectrumEncoder, tmp_path: Path
+) -> None:
+    """An asset enrolled while its bearing already had an inner-race defect (record 108,
+    3 hp, first 2.5 s) would call that defect normal forever; the BPFI lines say otherwise."""
+    entries = {e.record_id: e for e in read_manifest(cwru_dir)}
+    root = tmp_path / "library"
+    build_library(
+        list(entries.values()),
+        root,
+        encoder,
+        include=lambda e: e.fs == 12000 and e.load_hp != 3,
+        segment=lambda e: (0.0, 2.0),
+        dataset="0-2 hp",
+        progress=False,
+    )
+    add_recording(
+        root,
+        entries["108"].path,
+        encoder,
+        label="normal",
+        asset="press",
+        fs=entries["108"].fs,
+        rpm=entries["108"].rpm,
+        start_s=0.0,
+        stop_s=2.5,
+        hop_s=0.25,
+    )
+    library = open_current(root)
+    later = _windows(entries["108"], "press", 3.0, 6.0)
+    unchecked = diagnose_batch(later, encoder, library, VerdictPolicy(line_check=False))
+    assert Counter(r.verdict.label for r in unchecked)["normal"] >= len(later) - 1
+    checked = diagnose_batch(later, encoder, library, VerdictPolicy())
+    assert [r.verdict.label for r in checked] == ["inner_race"] * len(later)
+    assert all("BPFI" in (r.verdict.reason or "") for r in checked)
+    assert all("instead of normal" in (r.verdict.reason or "") for r in checked)

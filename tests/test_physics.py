@@ -120,7 +120,7 @@ def test_lines_overrule_retrieval_when_the_library_knows_the_class() -> None:
     v = reconcile(Verdict("ball", 0.9, None, 0.9), _evidence(6, -9), LIBRARY)
     assert v.label == "outer_race"
     assert v.reason is not None
-    assert "retrieval said ball" in v.reason
+    assert "instead of ball" in v.reason
     assert 0.85 < v.confidence < 0.9  # 6 dB above threshold
 
 
