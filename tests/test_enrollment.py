@@ -42,6 +42,22 @@ def _windows(
     return list(iter_windows(rec, asset, window_s=1.0, hop_s=0.25, start_s=start_s, stop_s=stop_s))
 
 
+def _enroll(root: Path, entry: ManifestEntry, encoder: SpectrumEncoder, asset: str) -> None:
+    """The first 2.5 s of ``entry`` enrolled as ``asset``'s healthy baseline."""
+    add_recording(
+        root,
+        entry.path,
+        encoder,
+        label="normal",
+        asset=asset,
+        fs=entry.fs,
+        rpm=entry.rpm,
+        start_s=0.0,
+        stop_s=2.5,
+        hop_s=0.25,
+    )
+
+
 def test_enrolled_baseline_answers_normal_for_its_asset_only_and_keeps_faults(
     cwru_dir: Path, encoder: SpectrumEncoder, tmp_path: Path
 ) -> None:
@@ -61,18 +77,7 @@ def test_enrolled_baseline_answers_normal_for_its_asset_only_and_keeps_faults(
     before = _labels(open_current(root), encoder, healthy_later)
     assert before["normal"] == 0  # nothing to compare a healthy window with
 
-    add_recording(
-        root,
-        entries["97"].path,
-        encoder,
-        label="normal",
-        asset="pump",
-        fs=entries["97"].fs,
-        rpm=entries["97"].rpm,
-        start_s=0.0,
-        stop_s=2.5,
-        hop_s=0.25,
-    )
+    _enroll(root, entries["97"], encoder, "pump")
     library = open_current(root)
     assert set(library.baselines()) == {"pump"}
     after = _labels(library, encoder, healthy_later)
@@ -169,18 +174,7 @@ def test_lines_overrule_a_baseline_enrolled_with_the_defect_present(
         dataset="0-2 hp",
         progress=False,
     )
-    add_recording(
-        root,
-        entries["108"].path,
-        encoder,
-        label="normal",
-        asset="press",
-        fs=entries["108"].fs,
-        rpm=entries["108"].rpm,
-        start_s=0.0,
-        stop_s=2.5,
-        hop_s=0.25,
-    )
+    _enroll(root, entries["108"], encoder, "press")
     library = open_current(root)
     later = _windows(entries["108"], "press", 3.0, 6.0)
     unchecked = diagnose_batch(later, encoder, library, VerdictPolicy(line_check=False))
