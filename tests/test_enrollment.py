@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +43,27 @@ def _windows(
     return list(iter_windows(rec, asset, window_s=1.0, hop_s=0.25, start_s=start_s, stop_s=stop_s))
 
 
+def _build(
+    cwru_dir: Path,
+    tmp_path: Path,
+    encoder: SpectrumEncoder,
+    include: Callable[[ManifestEntry], bool],
+) -> tuple[dict[str, ManifestEntry], Path]:
+    """A library of the first 2 s of each CWRU recording ``include`` accepts."""
+    entries = {e.record_id: e for e in read_manifest(cwru_dir)}
+    root = tmp_path / "library"
+    build_library(
+        list(entries.values()),
+        root,
+        encoder,
+        include=include,
+        segment=lambda e: (0.0, 2.0),
+        dataset="CWRU test subset",
+        progress=False,
+    )
+    return entries, root
+
+
 def _enroll(root: Path, entry: ManifestEntry, encoder: SpectrumEncoder, asset: str) -> None:
     """The first 2.5 s of ``entry`` enrolled as ``asset``'s healthy baseline."""
     add_recording(
@@ -61,17 +83,12 @@ def _enroll(root: Path, entry: ManifestEntry, encoder: SpectrumEncoder, asset: s
 def test_enrolled_baseline_answers_normal_for_its_asset_only_and_keeps_faults(
     cwru_dir: Path, encoder: SpectrumEncoder, tmp_path: Path
 ) -> None:
-    entries = {e.record_id: e for e in read_manifest(cwru_dir)}
-    root = tmp_path / "library"
     # A library of faults only (0-2 hp, 2 s each): no healthy example at all.
-    build_library(
-        list(entries.values()),
-        root,
+    entries, root = _build(
+        cwru_dir,
+        tmp_path,
         encoder,
-        include=lambda e: e.label != "normal" and e.fs == 12000 and e.load_hp != 3,
-        segment=lambda e: (0.0, 2.0),
-        dataset="faults only",
-        progress=False,
+        lambda e: e.label != "normal" and e.fs == 12000 and e.load_hp != 3,
     )
     healthy_later = _windows(entries["97"], "pump", 2.6, None)
     before = _labels(open_current(root), encoder, healthy_later)
@@ -163,17 +180,7 @@ def test_lines_overrule_a_baseline_enrolled_with_the_defect_present(
 ) -> None:
     """An asset enrolled while its bearing already had an inner-race defect (record 108,
     3 hp, first 2.5 s) would call that defect normal forever; the BPFI lines say otherwise."""
-    entries = {e.record_id: e for e in read_manifest(cwru_dir)}
-    root = tmp_path / "library"
-    build_library(
-        list(entries.values()),
-        root,
-        encoder,
-        include=lambda e: e.fs == 12000 and e.load_hp != 3,
-        segment=lambda e: (0.0, 2.0),
-        dataset="0-2 hp",
-        progress=False,
-    )
+    entries, root = _build(cwru_dir, tmp_path, encoder, lambda e: e.fs == 12000 and e.load_hp != 3)
     _enroll(root, entries["108"], encoder, "press")
     library = open_current(root)
     later = _windows(entries["108"], "press", 3.0, 6.0)
