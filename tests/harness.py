@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,21 @@ from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.builder import build_from_split
 from faultline.fault_library.catalog import ManifestEntry, read_manifest
 from faultline.fault_library.library import FaultLibrary, open_current
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180.0
+) -> subprocess.CompletedProcess[str]:
+    """``faultline ARGS`` as a user runs it: a fresh process, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "faultline.agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
 
 # The end-to-end tests replay 3 hp recordings and the second half of the healthy record;
 # the library learns from 0-2 hp and the first half only, so nothing replayed is in it.

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,19 +14,9 @@ from scipy.io import wavfile
 
 from faultline.fault_library.recordings import read_recording
 from tests.collector import Collector
+from tests.harness import run_cli
 
 VERBS = ["run", "demo", "simulate", "diagnose", "check-config"]
-
-
-def faultline(*args: str, env: dict[str, str] | None = None, timeout: float = 180):
-    return subprocess.run(
-        [sys.executable, "-m", "faultline.agent.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -39,7 +27,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_explains_itself(verb: str) -> None:
-    result = faultline(verb, "--help")
+    result = run_cli(verb, "--help")
     assert result.returncode == 0
     assert "usage: faultline " + verb in result.stdout
     assert len(result.stdout) > 300  # a description, not just the usage line
@@ -47,7 +35,7 @@ def test_every_verb_explains_itself(verb: str) -> None:
 
 def test_check_config_accepts_the_defaults() -> None:
     default = Path(__file__).resolve().parents[1] / "config" / "default.yaml"
-    result = faultline("check-config", str(default), env=clean_env())
+    result = run_cli("check-config", str(default), env=clean_env())
     assert result.returncode == 0, result.stderr
 
 
@@ -58,7 +46,7 @@ def test_diagnose_json_on_mat_npz_wav_with_overrides(
     env = clean_env()
     lib = ["--library", str(test_library_root)]
     # A held-out 3 hp outer-race record, straight from the CWRU .mat file.
-    result = faultline("diagnose", str(cwru_dir / "12k_drive_end/237.mat"), "--json", *lib, env=env)
+    result = run_cli("diagnose", str(cwru_dir / "12k_drive_end/237.mat"), "--json", *lib, env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["verdict"]["label"] == "outer_race"
@@ -78,7 +66,7 @@ def test_diagnose_json_on_mat_npz_wav_with_overrides(
         pitch_diameter=1.537,
         contact_angle_deg=0.0,
     )
-    result = faultline("diagnose", str(npz), "--json", "--per-window", *lib, env=env)
+    result = run_cli("diagnose", str(npz), "--json", "--per-window", *lib, env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["verdict"]["label"] == "inner_race"
@@ -86,7 +74,7 @@ def test_diagnose_json_on_mat_npz_wav_with_overrides(
     assert {"offset_s", "label", "confidence", "neighbours"} <= set(report["per_window"][0])
     wav = tmp_path / "pump.wav"
     wavfile.write(wav, 12000, (rec.signal / np.abs(rec.signal).max()).astype(np.float32))
-    result = faultline(
+    result = run_cli(
         "diagnose", str(wav), "--json", "--rpm", "1721", "--bearing", "6205", *lib, env=env
     )
     assert result.returncode == 0, result.stderr
@@ -99,7 +87,7 @@ def test_diagnose_json_on_mat_npz_wav_with_overrides(
 def test_diagnose_reports_an_unreadable_file_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "broken.csv"
     bad.write_text("value\n1.0\nnan\n")
-    result = faultline("diagnose", str(bad), "--fs", "12000", env=clean_env())
+    result = run_cli("diagnose", str(bad), "--fs", "12000", env=clean_env())
     assert result.returncode == 2
     assert "broken.csv" in result.stderr
 
@@ -117,7 +105,7 @@ def test_simulate_publishes_windows_for_several_assets(
         FAULTLINE__MQTT__CLIENT_ID=f"sim-{fmt}",
     )
     files = [str(cwru_dir / "12k_drive_end/105.mat"), str(cwru_dir / "normal/97.mat")]
-    result = faultline(
+    result = run_cli(
         "simulate",
         *files,
         "--asset",
@@ -153,7 +141,7 @@ def test_demo_from_scratch_on_an_embedded_broker(tmp_path: Path) -> None:
     env = clean_env(XDG_DATA_HOME=str(tmp_path / "data"), FAULTLINE__MQTT__PORT="1")
     env.pop("FAULTLINE_CWRU_DIR", None)
     started = time.monotonic()
-    result = faultline("demo", "--duration", "8", "--speed", "8", env=env, timeout=300)
+    result = run_cli("demo", "--duration", "8", "--speed", "8", env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "started an embedded" in out

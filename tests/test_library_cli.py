@@ -36,6 +36,7 @@ from faultline.fault_library.library import (
 )
 from faultline.fault_library.versions import new_build_dir
 from faultline.fault_library.writer import write_version
+from tests.harness import run_cli
 
 RECORDS = ("97", "105", "118", "130", "106")  # 106 (1 hp) is left out by --exclude-load 1
 SUBVERBS = ["build", "add", "info", "verify", "search", "reshard"]
@@ -45,14 +46,7 @@ def faultline(root: Path, *args: str, timeout: float = 120) -> subprocess.Comple
     """The CLI as a user runs it: a fresh process, settings from the environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE")}
     env["FAULTLINE__LIBRARY__PATH"] = str(root)
-    return subprocess.run(
-        [sys.executable, "-m", "faultline.agent.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
