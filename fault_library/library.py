@@ -113,7 +113,10 @@ class FaultLibrary:
         self._calibrations = {
             view: calibration_from_manifest(manifest, view) for view in self.views
         }
-        self._labels = {view: self._label_set(view) for view in self.views}
+        # The writer records every view's label counts over the whole library (all shards).
+        self._labels = {
+            view: frozenset(manifest["views"][view].get("label_counts", {})) for view in self.views
+        }
 
     @classmethod
     def open(
@@ -216,15 +219,6 @@ class FaultLibrary:
     def labels(self, view: str) -> frozenset[str]:
         """Every class the library holds in ``view``, in all shards (held here or not)."""
         return self._labels.get(view, frozenset())
-
-    def _label_set(self, view: str) -> frozenset[str]:
-        found: set[str] = set()
-        for spec in self.manifest["shards"].values():
-            found.update(spec["views"].get(view, {}).get("label_counts", {}))
-        for shard in self._shards.values():  # manifests without counts: what is held here
-            if view in shard.labels:
-                found.update(np.unique(shard.labels[view]).tolist())
-        return frozenset(found)
 
     def calibration(self, view: str) -> Calibration | None:
         """Per-class novelty thresholds and vote temperature measured at build time."""
