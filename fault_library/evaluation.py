@@ -389,6 +389,34 @@ def knn(
     return np.take_along_axis(sims, rows, axis=1), rows.astype(np.int64)
 
 
+def window_verdicts(
+    lib_labels: npt.NDArray[np.str_],
+    scores: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.int64],
+    *,
+    min_similarity: float,
+    min_confidence: float,
+    calibration: Calibration | None,
+    evidence: Sequence[LineEvidence] | None = None,
+) -> list[Verdict]:
+    """The runtime's verdict for each query's ``knn`` result: vote, novelty, then (with
+    ``evidence``) the line check against the classes in ``lib_labels``."""
+    verdicts = [
+        decide(
+            lib_labels[r].tolist(),
+            s.tolist(),
+            min_similarity=min_similarity,
+            min_confidence=min_confidence,
+            calibration=calibration,
+        )
+        for s, r in zip(scores, rows, strict=True)
+    ]
+    if evidence is None:
+        return verdicts
+    known = set(lib_labels.tolist())
+    return [reconcile(v, e, known) for v, e in zip(verdicts, evidence, strict=True)]
+
+
 def run_fold(
     fold: Fold,
     info: Sequence[WindowInfo],
@@ -438,19 +466,16 @@ def run_fold(
             embed=embed,
         )
     scores, rows = knn(vectors[lib], vectors[fold.test], k)
-    verdicts = [
-        decide(
-            labels[r].tolist(),
-            s.tolist(),
-            min_similarity=min_similarity,
-            min_confidence=min_confidence,
-            calibration=calibration,
-        )
-        for s, r in zip(scores, rows, strict=True)
-    ]
+    verdicts = window_verdicts(
+        labels,
+        scores,
+        rows,
+        min_similarity=min_similarity,
+        min_confidence=min_confidence,
+        calibration=calibration,
+        evidence=evidence,
+    )
     names = sorted(set(labels.tolist()))
-    if evidence is not None:
-        verdicts = [reconcile(v, e, names) for v, e in zip(verdicts, evidence, strict=True)]
     raw = vote_shares(labels[rows], scores, names, DEFAULT_TEMPERATURE).max(axis=1)
     test_info = [info[i] for i in fold.test.tolist()]
     records = [

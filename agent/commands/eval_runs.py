@@ -33,11 +33,10 @@ from faultline.fault_library.physics import (
     DEFAULT_RULES,
     LineEvidence,
     LineEvidenceReader,
-    reconcile,
     shifted,
 )
 from faultline.fault_library.recordings import Recording, iter_windows, read_recording
-from faultline.fault_library.verdict import UNKNOWN, aggregate, decide
+from faultline.fault_library.verdict import UNKNOWN, aggregate
 
 F32 = npt.NDArray[np.float32]
 SPLITS = ("lofso", "lolo", "cross-rate", "held-out-class")
@@ -359,22 +358,15 @@ def rate_invariance(data: Dataset, embedder: Embedder, args: argparse.Namespace)
             for fs in (data.base_fs, *RATE_COPIES):
                 feats = data.copy_features(record, fs, embedder.config.view)
                 scores, nbrs = ev.knn(lib_vec, embed(feats), args.k)
-                verdicts = [
-                    decide(
-                        labels[r].tolist(),
-                        s.tolist(),
-                        min_similarity=POLICY.min_similarity,
-                        min_confidence=POLICY.min_confidence,
-                        calibration=calibration,
-                    )
-                    for s, r in zip(scores, nbrs, strict=True)
-                ]
-                if embedder.config.lines:
-                    known = set(labels.tolist())
-                    evidence = embedder.lines.read(feats)
-                    verdicts = [
-                        reconcile(v, e, known) for v, e in zip(verdicts, evidence, strict=True)
-                    ]
+                verdicts = ev.window_verdicts(
+                    labels,
+                    scores,
+                    nbrs,
+                    min_similarity=POLICY.min_similarity,
+                    min_confidence=POLICY.min_confidence,
+                    calibration=calibration,
+                    evidence=embedder.lines.read(feats) if embedder.config.lines else None,
+                )
                 answers[fs] = ([v.label for v in verdicts], aggregate(verdicts).label)
             base = answers[data.base_fs]
             rows.append(
