@@ -19,7 +19,7 @@ from types import FrameType
 from faultline.agent import __version__
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
 from faultline.agent.metrics import Counters, Sequence
-from faultline.agent.pipeline import Diagnosis, Job, Pipeline, VerdictPolicy
+from faultline.agent.pipeline import Diagnosis, Job, Pipeline
 from faultline.agent.settings import ConfigError, Settings
 from faultline.agent.settings_errors import ConfigProblem
 from faultline.agent.transport.mqtt import InboundMessage, MqttTransport
@@ -38,6 +38,7 @@ from faultline.agent.transport.topics import Topics, build_topics
 from faultline.encoders.projection import ProjectionError
 from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.fault_library.diagnosis import DecisionPolicy
 from faultline.fault_library.library import FaultLibrary
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class Agent:
             library=lambda: self.library.current,
             on_diagnosis=self._publish_alert,
             on_failure=self._on_pipeline_failure,
-            policy=VerdictPolicy(
+            policy=DecisionPolicy(
                 top_k=pipe.top_k,
                 min_similarity=settings.verdict.min_similarity,
                 min_confidence=settings.verdict.min_confidence,

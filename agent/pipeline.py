@@ -13,23 +13,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Literal
 
 from faultline.agent.metrics import Counters
 from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
-from faultline.fault_library.baseline import judge_against_baseline
+from faultline.fault_library.diagnosis import DecisionPolicy, View, WindowResult, diagnose_batch
 from faultline.fault_library.library import FaultLibrary, Neighbour
-from faultline.fault_library.physics import (
-    DEFAULT_RULES,
-    LineEvidenceReader,
-    reconcile,
-    shifted,
-)
-from faultline.fault_library.verdict import Verdict, decide
+from faultline.fault_library.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +33,6 @@ class Job:
     measurement: Measurement
     topic: str
     received_at: float  # time.monotonic() when the message left the socket
-
-
-View = Literal["window", "spectrum"]
-
-
-@dataclass(frozen=True, slots=True)
-class WindowResult:
-    """What the science concluded about one measurement, before it becomes an alert."""
-
-    verdict: Verdict
-    neighbours: list[Neighbour]
-    rpm: float
-    rpm_source: str
-    view: View
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,78 +49,6 @@ class Diagnosis:
     latency_ms: float
 
 
-@dataclass(frozen=True, slots=True)
-class VerdictPolicy:
-    top_k: int = 10
-    min_similarity: float = 0.5
-    min_confidence: float = 0.5
-    calibrated: bool = True
-    """Use the library's per-class novelty thresholds when it has them."""
-    line_check: bool = True
-    """Cross-check each verdict with the bearing's characteristic lines (physics.py)."""
-    line_shift_db: float = 0.0
-    """Every line threshold moved by this many dB (positive: stricter)."""
-
-
-@lru_cache(maxsize=8)
-def line_reader(encoder: SpectrumEncoder, view: View, shift_db: float) -> LineEvidenceReader:
-    """The line reader for ``encoder``'s feature layout of ``view`` (built once)."""
-    return LineEvidenceReader(
-        encoder.feature_names(view),
-        offset_db=encoder.params.prominence_offset_db,
-        rules=shifted(DEFAULT_RULES, shift_db),
-    )
-
-
-def diagnose_batch(
-    measurements: Sequence[Measurement],
-    encoder: SpectrumEncoder,
-    library: FaultLibrary,
-    policy: VerdictPolicy,
-) -> list[WindowResult]:
-    """Encode, search and vote for measurements of one view (pure apart from the models).
-
-    Shared by the streaming pipeline and the offline ``diagnose`` command so both give
-    the same answer for the same window.
-    """
-    if not measurements:
-        return []
-    view = encoder.view_of(measurements[0])
-    features, vectors = encoder.encode_with_features(measurements)
-    results = library.search(view, vectors, policy.top_k)
-    calibration = library.calibration(view) if policy.calibrated else None
-    evidence = (
-        line_reader(encoder, view, policy.line_shift_db).read(features)
-        if policy.line_check
-        else None
-    )
-    known = library.labels(view)
-    out: list[WindowResult] = []
-    for row, (item, vector, neighbours) in enumerate(
-        zip(measurements, vectors, results, strict=True)
-    ):
-        labels = [n.label for n in neighbours]
-        scores = [n.score for n in neighbours]
-        verdict = decide(
-            labels,
-            scores,
-            min_similarity=policy.min_similarity,
-            min_confidence=policy.min_confidence,
-            calibration=calibration,
-        )
-        baseline = library.baseline(view, item.asset)
-        if baseline is not None:
-            own = float(baseline.similarity(vector[None, :])[0])
-            verdict = judge_against_baseline(verdict, labels, scores, own, baseline)
-        # Lines last: they overrule an asset's own baseline too (one enrolled while the
-        # defect was already there would otherwise call the defect normal).
-        if evidence is not None:
-            verdict = reconcile(verdict, evidence[row], known)
-        rpm, rpm_source = encoder.describe_rpm(item)
-        out.append(WindowResult(verdict, neighbours, rpm, rpm_source, view))
-    return out
-
-
 class Pipeline:
     """Bounded queue plus worker threads; results and failures go to callbacks."""
 
@@ -153,7 +59,7 @@ class Pipeline:
         library: Callable[[], FaultLibrary],
         on_diagnosis: Callable[[Diagnosis], None],
         on_failure: Callable[[Job, str, str], None],
-        policy: VerdictPolicy,
+        policy: DecisionPolicy,
         counters: Counters,
         queue_size: int = 256,
         batch_max: int = 32,

@@ -22,8 +22,10 @@ from scipy.ndimage import uniform_filter1d
 from faultline.encoders.geometry import BearingGeometry
 
 __all__ = [
+    "BAND_KURTOSIS_NAME",
     "TIME_STAT_NAMES",
     "FeatureParams",
+    "band_kurtosis_feature",
     "band_profile",
     "characteristic_orders",
     "comb_correlation",
@@ -36,6 +38,8 @@ __all__ = [
 F64 = npt.NDArray[np.float64]
 
 TIME_STAT_NAMES = ("log_kurtosis", "log_crest", "skewness", "log_rms", "log_peak_to_peak")
+BAND_KURTOSIS_NAME = "log_band_kurtosis"
+"""log10(1 + spectral kurtosis) of the demodulation band: 0 for Gaussian noise."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,6 @@ class FeatureParams:
     silently comparing vectors that mean different things.
     """
 
-    envelope_band_hz: tuple[float, float] = (2000.0, 5800.0)
     search_tol: float = 0.015  # +- relative search around a line: speed/geometry error
     baseline_orders: float = 0.5  # +- half-width (orders) of the local median under a line
     prominence_cap_db: float = 30.0
@@ -68,7 +71,7 @@ class FeatureParams:
     # stay small; the raw lines carry the rig's own healthy lines (3.6x and 5.4x shaft
     # on CWRU, next to BPFO and BPFI), so they stay small too.
     w_time: float = 0.3
-    w_time_gain: float = 0.2
+    w_impulse: float = 0.3
     w_env_lines: float = 0.5
     w_env_orders: float = 0.5
     w_raw_profile: float = 1.0
@@ -208,6 +211,12 @@ def band_profile(mag: F64, df: float, params: FeatureParams) -> F64:
     white = np.diff(edges) / (edges[-1] - edges[0])
     logs = np.log10(np.maximum(share, 1e-8) / white)
     out: F64 = logs - logs.mean(axis=-1, keepdims=True)
+    return out
+
+
+def band_kurtosis_feature(kurtosis: F64) -> F64:
+    """Spectral kurtosis of the chosen band on a log scale (``BAND_KURTOSIS_NAME``)."""
+    out: F64 = np.log10(1.0 + np.maximum(np.asarray(kurtosis, dtype=np.float64), 0.0))
     return out
 
 

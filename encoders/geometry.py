@@ -85,6 +85,10 @@ class DefectOrders:
 BEARING_PRESETS: dict[str, BearingGeometry] = {
     "6205": BearingGeometry(9, 0.3126, 1.537, 0.0, "SKF 6205-2RS JEM"),
     "6203": BearingGeometry(8, 0.2656, 1.122, 0.0, "SKF 6203-2RS JEM"),
+    # A UC204 housed-unit insert (20 mm bore), as on the UESTC test bench: 8 balls of
+    # 5/16 in on a ~33.5 mm pitch, from Timken's housed-unit catalogue multiples (FTF
+    # 0.382, BSF 1.992, BPFO 3.052, BPFI 4.948): approximate, not the maker's sheet.
+    "UC204": BearingGeometry(8, 7.94, 33.5, 0.0, "UC204 insert (approximate)"),
 }
 
 DEFAULT_BEARING = "6205"

@@ -32,6 +32,9 @@ class Window:
     rpm: float | None = None
     geometry: BearingGeometry | None = None
     meta: dict[str, object] = field(default_factory=dict)
+    rpm_tolerance: float = 0.0
+    """``rpm`` is nominal within +- this fraction (a motor's nameplate speed, a drive's
+    setpoint): the encoder refines it from the spectrum inside that range. 0: exact."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,8 @@ class SpectrumFrame:
     rpm: float | None = None
     geometry: BearingGeometry | None = None
     meta: dict[str, object] = field(default_factory=dict)
+    rpm_tolerance: float = 0.0
+    """As :attr:`Window.rpm_tolerance`."""
 
 
 Measurement = Window | SpectrumFrame

@@ -7,8 +7,15 @@ orders, and the spectrum's autocorrelation read at those orders as an envelope s
 from its own spectrum plus time statistics and the Hilbert envelope on the order axis.
 Vectors of the two views are not comparable; the library keeps one index per view.
 
-Window view (198): time 3 + gain-dependent time 2 + envelope lines 23 + envelope order
-profile 48 + raw band profile 28 + raw lines 23 + comb lines 23 + comb order profile 48.
+Window view (98), everything on quantities that mean the same on every machine: time
+statistics 3 (kurtosis, crest, skewness: relative to Gaussian noise) + impulsiveness 1 (the
+spectral kurtosis of the demodulation band) + envelope lines 23 + envelope order profile 48
+(the squared-envelope spectrum of the band the signal itself selects,
+:mod:`faultline.encoders.demodulation`, on the shaft-order axis) + raw lines 23 (dB above
+the local floor at the characteristic orders). No absolute level in g, no resonance
+position, no raw spectral shape: those describe the rig, not the fault, and are why a
+library built on one rig found nothing on another. The window view works at the window's
+native sample rate: the band is chosen and demodulated before anything is decimated.
 Spectrum view (122): raw band profile 28 + raw lines 23 + comb lines 23 + comb profile 48.
 
 ``encode`` runs the trained projection (``models/spectrum-<view>.onnx``, one onnxruntime
@@ -25,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -36,15 +44,12 @@ import numpy.typing as npt
 import scipy.fft as sfft
 
 from faultline.encoders import features as ft
-from faultline.encoders.dsp import (
-    envelope_spectra_from_rfft,
-    hann_spectra_from_rfft,
-    resample_to,
-)
+from faultline.encoders.demodulation import Bands, select_bands, squared_envelope_spectra
+from faultline.encoders.dsp import hann_spectra_from_rfft
 from faultline.encoders.geometry import BearingGeometry, bearing_preset
 from faultline.encoders.projection import ProjectionError, ProjectionSet
 from faultline.encoders.signals import Measurement, SpectrumFrame, Window
-from faultline.encoders.speed import estimate_rpm
+from faultline.encoders.speed import estimate_rpm, estimate_shaft_hz
 
 __all__ = ["MODEL_FAMILY", "ProjectionArg", "SpectrumEncoder", "View", "default_projection"]
 
@@ -53,10 +58,11 @@ ProjectionArg = ProjectionSet | Literal["default"] | None
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 
-MODEL_FAMILY = "faultline-order-envelope-v1"
+MODEL_FAMILY = "faultline-order-envelope-v2"
 MIN_SAMPLES = 256
+MIN_DURATION_S = 0.25
+"""Shorter windows cannot resolve the shaft orders the features need (4 Hz bins)."""
 _RPM_CACHE_SIZE = 256
-"""Shorter windows (after resampling) cannot resolve the shaft orders the features need."""
 
 # Typical spread (RMS about the mean, per element) of each block over CWRU windows of all
 # classes. Dividing by it puts blocks on one scale, so the weights in FeatureParams alone
@@ -64,9 +70,9 @@ _RPM_CACHE_SIZE = 256
 # per library, and they are part of the model id.
 _BLOCK_SCALE: dict[str, float] = {
     "time": 0.22,
-    "time_gain": 0.35,
+    "impulse": 0.49,
     "env_lines": 0.73,
-    "env_orders": 0.40,
+    "env_orders": 0.36,
     "raw_profile": 0.46,
     "raw_lines": 0.54,
     "comb_lines": 0.22,
@@ -155,13 +161,10 @@ class SpectrumEncoder:
         if view == "window":
             return [
                 ("time", ft.TIME_STAT_NAMES[:3]),
-                ("time_gain", ft.TIME_STAT_NAMES[3:]),
+                ("impulse", (ft.BAND_KURTOSIS_NAME,)),
                 ("env_lines", tuple(f"env_{n}" for n in line_names)),
                 ("env_orders", tuple(f"env_{n}" for n in order_names)),
-                ("raw_profile", tuple(f"raw_{n}" for n in profile_names)),
                 ("raw_lines", tuple(f"raw_{n}" for n in line_names)),
-                ("comb_lines", tuple(f"comb_{n}" for n in line_names)),
-                ("comb_orders", tuple(f"comb_{n}" for n in order_names)),
             ]
         return [
             ("raw_profile", tuple(f"raw_{n}" for n in profile_names)),
@@ -240,26 +243,28 @@ class SpectrumEncoder:
         return self._features(items)[1].astype(np.float32)
 
     def describe_rpm(self, item: Measurement) -> tuple[float, str]:
-        """Speed used for ``item`` and where it came from (``message`` or ``estimated``).
+        """Speed used for ``item`` and where it came from: ``message`` (exact, as sent or
+        filled from the asset's config), ``refined`` (nominal, sharpened from the spectrum
+        within ``rpm_tolerance``) or ``estimated`` (none given).
 
-        The runtime copies an asset's configured rpm into the message before encoding, so
-        ``message`` covers both; an estimate made by ``encode`` is reused, not redone.
+        An estimate made by ``encode`` is reused, not redone.
         """
-        if item.rpm is not None:
+        if item.rpm is not None and item.rpm_tolerance <= 0:
             return float(item.rpm), "message"
+        source = "estimated" if item.rpm is None else "refined"
         with self._lock:
             hit = self._rpm_cache.get(id(item))
         if hit is not None and hit[0] is item:
-            return hit[1], "estimated"
+            return hit[1], source
         if isinstance(item, Window):
             x = self._prepare_windows([item])
             mag = hann_spectra_from_rfft(sfft.rfft(x, axis=-1), x.shape[-1])
-            rpm = float(estimate_rpm(mag, self.target_fs / x.shape[-1])[0])
+            df = float(item.fs) / x.shape[-1]
         else:
             mag = np.asarray(item.magnitude, dtype=np.float64)[None, :]
-            rpm = float(estimate_rpm(mag, item.fs / item.n_fft)[0])
-        self._remember([item], np.array([rpm]))
-        return rpm, "estimated"
+            df = item.fs / item.n_fft
+        rpm = float(self._rpms([item], mag, df)[0])
+        return rpm, source
 
     # --- internals ----------------------------------------------------------------------
 
@@ -286,27 +291,37 @@ class SpectrumEncoder:
         return view, out
 
     def _prepare_windows(self, items: Sequence[Window]) -> F64:
-        """Stack equal-shaped windows, cut to ``window_s`` and resample to ``target_fs``."""
+        """Stack equal-shaped windows cut to ``window_s``, at their native sample rate."""
         fs = float(items[0].fs)
         keep = min(len(items[0].samples), max(1, math.ceil(self.window_s * fs)))
         x = np.stack([np.asarray(w.samples[:keep], dtype=np.float64) for w in items])
         if not np.all(np.isfinite(x)):
             raise ValueError("window samples must be finite")
-        x = resample_to(x, fs, self.target_fs)
-        x = x[:, : max(1, round(self.window_s * self.target_fs))]
-        if x.shape[-1] < MIN_SAMPLES:
+        if x.shape[-1] < MIN_SAMPLES or x.shape[-1] / fs < MIN_DURATION_S:
             raise ValueError(
-                f"window too short: {x.shape[-1]} samples at {self.target_fs:g} Hz, "
-                f"need at least {MIN_SAMPLES}"
+                f"window too short: {x.shape[-1]} samples at {fs:g} Hz, need at least "
+                f"{MIN_SAMPLES} samples and {MIN_DURATION_S:g} s"
             )
         return x
 
     def _rpms(self, items: Sequence[Measurement], mag: F64, df: float) -> F64:
+        """Each item's speed: given, refined within its tolerance, or estimated."""
         rpm = np.array([np.nan if it.rpm is None else float(it.rpm) for it in items])
         missing = np.isnan(rpm)
         if missing.any():
             rpm[missing] = estimate_rpm(mag[missing], df)
-            self._remember([it for it, m in zip(items, missing, strict=True) if m], rpm[missing])
+        ranges: dict[tuple[float, float], list[int]] = {}
+        for i, it in enumerate(items):
+            if it.rpm is not None and it.rpm_tolerance > 0:
+                tol = min(float(it.rpm_tolerance), 0.5)
+                ranges.setdefault(
+                    (it.rpm * (1 - tol) / 60.0, it.rpm * (1 + tol) / 60.0), []
+                ).append(i)
+        for band, rows in ranges.items():
+            rpm[rows] = 60.0 * estimate_shaft_hz(mag[rows], df, shaft_range_hz=band)
+        guessed = [i for i, it in enumerate(items) if it.rpm is None or it.rpm_tolerance > 0]
+        if guessed:
+            self._remember([items[i] for i in guessed], rpm[guessed])
         if not np.all(np.isfinite(rpm)) or np.any(rpm <= 0):
             raise ValueError("rpm must be a positive finite number")
         return rpm
@@ -334,30 +349,63 @@ class SpectrumEncoder:
         return np.stack(rows)
 
     def _window_group(self, items: Sequence[Window]) -> F64:
+        return self._window_stages(items)[0]
+
+    def window_bands(self, items: Sequence[Window]) -> Bands:
+        """The demodulation band each window (of one shape) chooses: for plots and reports."""
+        return self._window_stages(items)[1]
+
+    def profile_windows(self, items: Sequence[Window]) -> dict[str, float]:
+        """Seconds each stage of the window view took for ``items`` (one shape): what
+        ``bench/encode.py`` prints, measured on the encoder's own sequence."""
+        timings: dict[str, float] = {}
+        self._window_stages(items, timings)
+        return timings
+
+    def _window_stages(
+        self, items: Sequence[Window], timings: dict[str, float] | None = None
+    ) -> tuple[F64, Bands]:
+        """Window features and the demodulation band each window chose.
+
+        ``timings``: when given, each stage's seconds are added under its name.
+        """
+        clock = [time.perf_counter()]
+
+        def lap(stage: str) -> None:
+            if timings is not None:
+                now = time.perf_counter()
+                timings[stage] = timings.get(stage, 0.0) + now - clock[0]
+                clock[0] = now
+
         p = self.params
         x = self._prepare_windows(items)
         n = x.shape[-1]
-        df = self.target_fs / n
+        fs = float(items[0].fs)
+        df = fs / n
         spec = sfft.rfft(x, axis=-1)
         mag = hann_spectra_from_rfft(spec, n)
+        lap("spectrum")
         shaft = self._rpms(items, mag, df) / 60.0
         orders = self._orders(items)
-        _, env = envelope_spectra_from_rfft(spec, n, self.target_fs, p.envelope_band_hz)
+        bpfi = np.array([(it.geometry or self.default_geometry).orders().bpfi for it in items])
+        lap("speed")
+        bands = select_bands(spec, n, fs, bpfi * shaft)
+        lap("band selection")
+        env, env_df = squared_envelope_spectra(spec, n, fs, bands)
+        lap("demodulation")
         stats = ft.time_stats(x)
-        comb = ft.comb_correlation(mag, df, p)
-        return np.concatenate(
+        feats = np.concatenate(
             [
                 stats[:, :3],
-                stats[:, 3:],
-                ft.line_prominence(env, df, shaft, orders, p),
-                ft.order_profile(env, df, shaft, p),
-                ft.band_profile(mag, df, p),
+                ft.band_kurtosis_feature(bands.kurtosis)[:, None],
+                ft.line_prominence(env, env_df, shaft, orders, p),
+                ft.order_profile(env, env_df, shaft, p),
                 ft.line_prominence(mag, df, shaft, orders, p),
-                ft.line_prominence(comb, df, shaft, orders, p, log_scale=False),
-                ft.order_profile(comb, df, shaft, p, log_scale=False),
             ],
             axis=1,
         )
+        lap("features")
+        return feats, bands
 
     def _spectrum_group(self, items: Sequence[SpectrumFrame]) -> F64:
         p = self.params

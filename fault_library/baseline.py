@@ -73,7 +73,7 @@ def judge_against_baseline(
             label="normal",
             confidence=confidence,
             reason=(
-                f"matches the own baseline of {baseline.asset}: similarity "
+                f"baseline: matches the own baseline of {baseline.asset}: similarity "
                 f"{own_similarity:.3f} >= {thr:.3f}"
             ),
             top_score=max(verdict.top_score, own_similarity),

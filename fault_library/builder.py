@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from faultline.fault_library.index import DEFAULT_LARGE_FACTORY, EXACT_FACTORY
 from faultline.fault_library.labels import parse_fault_label
 from faultline.fault_library.library import LibraryError, publish_version
 from faultline.fault_library.novelty import CALIBRATION_KEY, calibrate_library
+from faultline.fault_library.physics import LINE_RULES_KEY, fit_rules, rules_to_dict
 from faultline.fault_library.recordings import RecordingError, iter_windows, read_recording
 from faultline.fault_library.store import VIEWS, StoreError, describe_signature, signature_id
 from faultline.fault_library.versions import new_build_dir, write_lock
@@ -65,6 +66,9 @@ class _Collected:
     vectors: dict[str, list[npt.NDArray[np.float32]]]
     rows: list[dict[str, Any]]
     recordings: list[dict[str, Any]]
+    features: dict[str, list[npt.NDArray[np.float64]]] = field(
+        default_factory=lambda: {view: [] for view in VIEWS}
+    )
 
 
 def build_library(
@@ -121,6 +125,7 @@ def build_library(
         )
         vectors = {view: np.concatenate(collected.vectors[view]) for view in VIEWS}
         calibration = calibrate_library(vectors, collected.rows) if calibrate else {}
+        line_rules = _fit_line_rules(encoder, collected)
         build_dir = new_build_dir(out_root)
         write_version(
             build_dir,
@@ -140,6 +145,7 @@ def build_library(
                 "hop_s": hop_s,
                 "recordings": collected.recordings,
                 **({CALIBRATION_KEY: calibration} if calibration else {}),
+                **({LINE_RULES_KEY: line_rules} if line_rules else {}),
             },
         )
         with write_lock(out_root):
@@ -151,6 +157,34 @@ def build_library(
     finally:
         if build_dir is not None and build_dir.exists():  # not renamed: never published
             shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def _fit_line_rules(encoder: Encoder, collected: _Collected) -> dict[str, Any]:
+    """Per view, the line thresholds fitted on the new library's own windows
+    (``physics.fit_rules``); empty for an encoder that computes no named features."""
+    names_of = getattr(encoder, "feature_names", None)
+    params = getattr(encoder, "params", None)
+    if not callable(names_of) or params is None:
+        return {}
+    out: dict[str, Any] = {}
+    for view in VIEWS:
+        parts = collected.features.get(view) or []
+        if not parts:
+            continue
+        labels = [
+            str(r["label"])
+            for r in sorted(
+                (r for r in collected.rows if r["view"] == view), key=lambda r: int(r["row_index"])
+            )
+        ]
+        rules = fit_rules(
+            names_of(view),
+            np.concatenate(parts),
+            labels,
+            offset_db=float(params.prominence_offset_db),
+        )
+        out[view] = rules_to_dict(rules)
+    return out
 
 
 def check_factory(factory: str, dim: int = 64, view: str = "") -> None:
@@ -199,18 +233,32 @@ def embed_windows(
     window_s: float,
     first_row: Mapping[str, int],
     batch_size: int = 256,
+    features_out: dict[str, list[npt.NDArray[np.float64]]] | None = None,
 ) -> tuple[dict[str, npt.NDArray[np.float32]], list[dict[str, Any]]]:
-    """Both views' vectors of ``windows`` and their rows, numbered from ``first_row``."""
+    """Both views' vectors of ``windows`` and their rows, numbered from ``first_row``.
+
+    ``features_out``: when given (and the encoder computes features), each view's
+    unweighted feature rows are appended to it: the builder fits the line thresholds on
+    them.
+    """
     label = parse_fault_label(source.label)
     vectors: dict[str, list[npt.NDArray[np.float32]]] = {view: [] for view in VIEWS}
     rows: list[dict[str, Any]] = []
     next_row = {view: int(first_row.get(view, 0)) for view in VIEWS}
     for first in range(0, len(windows), batch_size):
         batch = windows[first : first + batch_size]
-        encoded = {
-            "window": encoder.encode(batch),
-            "spectrum": encoder.encode([magnitude_spectrum(w) for w in batch]),
+        inputs: dict[str, Sequence[Measurement]] = {
+            "window": batch,
+            "spectrum": [magnitude_spectrum(w) for w in batch],
         }
+        with_features = getattr(encoder, "encode_with_features", None)
+        encoded: dict[str, npt.NDArray[np.float32]] = {}
+        for view, items in inputs.items():
+            if features_out is not None and callable(with_features):
+                feats, encoded[view] = with_features(items)
+                features_out[view].append(np.asarray(feats, dtype=np.float64))
+            else:
+                encoded[view] = encoder.encode(items)
         for view in VIEWS:
             matrix = np.asarray(encoded[view], dtype=np.float32)
             if matrix.shape[0] != len(batch):
@@ -301,6 +349,7 @@ def _collect(
             window_s=window_s,
             first_row=next_row,
             batch_size=batch_size,
+            features_out=out.features,
         )
         for view in VIEWS:
             out.vectors[view].append(vectors[view])

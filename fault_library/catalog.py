@@ -19,7 +19,14 @@ from faultline.fault_library.labels import parse_fault_label
 
 __all__ = ["ManifestEntry", "RecordingError", "read_manifest", "sha256_file", "verify_sha256"]
 
-_MANIFEST_REQUIRED = ("path", "record_id", "fault", "fault_diameter_in", "load_hp", "rpm", "fs_hz")
+_MANIFEST_REQUIRED = ("path", "fault", "fs_hz")
+_MANIFEST_OPTIONAL = ("record_id", "fault_diameter_in", "load_hp", "rpm", "rpm_nominal")
+"""CWRU's manifest has them all. Another rig's may lack the record id (then the file name
+stands in), the fault size and the load, and may give only a nominal speed
+(``rpm_nominal``: a setpoint the shaft misses by a few percent, refined from the
+spectrum, see ``ManifestEntry.rpm_tolerance``)."""
+NOMINAL_RPM_TOLERANCE = 0.1
+"""How far a nominal speed may be off the shaft's: +-10 % (UESTC's setpoints: up to 8 %)."""
 
 
 class RecordingError(ValueError):
@@ -40,10 +47,17 @@ class ManifestEntry:
     sha256: str | None
     bearing: str = "6205"
     meta: dict[str, object] = field(default_factory=dict)
+    rpm_tolerance: float = 0.0
+    """0 when ``rpm`` is the measured speed; ``NOMINAL_RPM_TOLERANCE`` when nominal."""
+    key: str | None = None
+    """The variable that holds the signal in a .mat file whose layout is not CWRU's."""
 
 
-def read_manifest(data_dir: str | Path) -> list[ManifestEntry]:
-    """Parse ``<data_dir>/manifest.csv``; paths come back absolute (not checked to exist)."""
+def read_manifest(data_dir: str | Path, *, bearing: str | None = None) -> list[ManifestEntry]:
+    """Parse ``<data_dir>/manifest.csv``; paths come back absolute (not checked to exist).
+
+    ``bearing``: the bearing preset of rows without a ``bearing`` column (default 6205).
+    """
     data_dir = Path(data_dir).resolve()
     manifest = data_dir / "manifest.csv"
     if not manifest.is_file():
@@ -58,7 +72,7 @@ def read_manifest(data_dir: str | Path) -> list[ManifestEntry]:
         seen: set[str] = set()
         for number, raw_row in enumerate(reader, start=1):
             row = {k.strip(): (v or "").strip() for k, v in raw_row.items() if k is not None}
-            entry = _manifest_row(manifest, number, row)
+            entry = _manifest_row(manifest, number, row, bearing or "6205")
             if entry.record_id in seen:
                 raise RecordingError(
                     f"{manifest}: row {number}, column 'record_id': duplicate {entry.record_id!r}"
@@ -68,7 +82,9 @@ def read_manifest(data_dir: str | Path) -> list[ManifestEntry]:
     return entries
 
 
-def _manifest_row(manifest: Path, number: int, row: dict[str, str]) -> ManifestEntry:
+def _manifest_row(
+    manifest: Path, number: int, row: dict[str, str], default_bearing: str
+) -> ManifestEntry:
     def fail(column: str, problem: str) -> RecordingError:
         return RecordingError(f"{manifest}: row {number}, column {column!r}: {problem}")
 
@@ -88,8 +104,7 @@ def _manifest_row(manifest: Path, number: int, row: dict[str, str]) -> ManifestE
 
     if not row["path"]:
         raise fail("path", "empty")
-    if not row["record_id"]:
-        raise fail("record_id", "empty")
+    record_id = row.get("record_id") or Path(row["path"]).stem
     try:
         label = parse_fault_label(row["fault"])
     except ValueError as exc:
@@ -100,7 +115,7 @@ def _manifest_row(manifest: Path, number: int, row: dict[str, str]) -> ManifestE
     sha = row.get("sha256", "").lower() or None
     if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise fail("sha256", f"not a SHA-256 hex digest: {sha!r}")
-    bearing = row.get("bearing", "") or "6205"
+    bearing = row.get("bearing", "") or default_bearing
     try:
         bearing_preset(bearing)
     except ValueError as exc:
@@ -108,18 +123,24 @@ def _manifest_row(manifest: Path, number: int, row: dict[str, str]) -> ManifestE
     fs = number_of("fs_hz", positive=True)
     if fs is None:  # unreachable (not optional); narrows the type
         raise fail("fs_hz", "empty")
-    known = {*_MANIFEST_REQUIRED, "sha256", "bearing"}
+    known = {*_MANIFEST_REQUIRED, *_MANIFEST_OPTIONAL, "sha256", "bearing", "key"}
+    rpm = number_of("rpm", optional=True, positive=True)
+    nominal = rpm is None and bool(row.get("rpm_nominal"))
+    if nominal:
+        rpm = number_of("rpm_nominal", positive=True)
     return ManifestEntry(
         path=(manifest.parent / row["path"]).resolve(),
-        record_id=row["record_id"],
+        record_id=record_id,
         label=label,
         fault_size_in=number_of("fault_diameter_in", optional=True) or 0.0,
         load_hp=None if load is None else int(load),
-        rpm=number_of("rpm", optional=True, positive=True),
+        rpm=rpm,
         fs=fs,
         sha256=sha,
         bearing=bearing,
         meta={k: v for k, v in row.items() if k not in known},
+        rpm_tolerance=NOMINAL_RPM_TOLERANCE if nominal else 0.0,
+        key=row.get("key") or None,
     )
 
 

@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from faultline.encoders.quality import Quality
+from faultline.fault_library.diagnosis import DecisionPolicy, decide_window
 from faultline.fault_library.novelty import Calibration, calibrate, crossfit_folds, vote_shares
-from faultline.fault_library.physics import LineEvidence, reconcile
+from faultline.fault_library.physics import LineEvidence
 from faultline.fault_library.verdict import (
     DEFAULT_TEMPERATURE,
     UNKNOWN,
     Verdict,
     aggregate,
-    decide,
 )
 
 __all__ = [
@@ -323,6 +324,7 @@ class FoldResult:
     calibration: Calibration | None
     record_verdicts: dict[str, Verdict] = field(default_factory=dict)
     raw_shares: list[float] = field(default_factory=list)  # winner's share at T = 0.05
+    baseline_pred: list[str] = field(default_factory=list)  # the envelope baseline's labels
 
     @property
     def pred(self) -> list[str]:
@@ -367,6 +369,13 @@ class FoldResult:
                 for r, v in self.record_verdicts.items()
             },
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "baseline": None
+            if not self.baseline_pred
+            else {
+                "balanced_accuracy": balanced_accuracy(self.truth, self.baseline_pred, classes),
+                "recall": per_class_recall(self.truth, self.baseline_pred, classes),
+            },
+            "codes": _count([v.code or "match" for v in self.verdicts]),
         }
 
 
@@ -394,27 +403,26 @@ def window_verdicts(
     scores: npt.NDArray[np.float64],
     rows: npt.NDArray[np.int64],
     *,
-    min_similarity: float,
-    min_confidence: float,
+    policy: DecisionPolicy,
     calibration: Calibration | None,
     evidence: Sequence[LineEvidence] | None = None,
+    quality: Sequence[Quality | None] | None = None,
 ) -> list[Verdict]:
-    """The runtime's verdict for each query's ``knn`` result: vote, novelty, then (with
-    ``evidence``) the line check against the classes in ``lib_labels``."""
-    verdicts = [
-        decide(
+    """The runtime's verdict (:func:`faultline.fault_library.diagnosis.decide_window`)
+    for each query's ``knn`` result, against the classes in ``lib_labels``."""
+    known = set(lib_labels.tolist())
+    return [
+        decide_window(
             lib_labels[r].tolist(),
             s.tolist(),
-            min_similarity=min_similarity,
-            min_confidence=min_confidence,
+            policy=policy,
             calibration=calibration,
+            known=known,
+            evidence=None if evidence is None else evidence[i],
+            quality=None if quality is None else quality[i],
         )
-        for s, r in zip(scores, rows, strict=True)
+        for i, (s, r) in enumerate(zip(scores, rows, strict=True))
     ]
-    if evidence is None:
-        return verdicts
-    known = set(lib_labels.tolist())
-    return [reconcile(v, e, known) for v, e in zip(verdicts, evidence, strict=True)]
 
 
 def run_fold(
@@ -429,6 +437,8 @@ def run_fold(
     quantile: float = 0.05,
     refit: Callable[[I64], npt.NDArray[np.float32]] | None = None,
     evidence: Sequence[LineEvidence] | None = None,
+    quality: Sequence[Quality | None] | None = None,
+    absence: bool = True,
 ) -> FoldResult:
     """Calibrate on the library side only, then decide every test window and recording.
 
@@ -436,7 +446,9 @@ def run_fold(
     embedded by the same kind of model trained on ``rows`` only; calibration is then
     cross-fitted (:func:`faultline.fault_library.novelty.crossfit_folds`).
     ``evidence``: line evidence of the test windows (in ``fold.test`` order); each verdict
-    is then cross-checked with it (:func:`faultline.fault_library.physics.reconcile`).
+    is then cross-checked with it (:func:`faultline.fault_library.physics.reconcile`),
+    and ``absence`` lets a window with no sign of damage be ``normal``.
+    ``quality``: the signal-quality verdicts of the test windows (same order).
     """
     lib = fold.library
     lib_info = [info[i] for i in lib.tolist()]
@@ -466,14 +478,22 @@ def run_fold(
             embed=embed,
         )
     scores, rows = knn(vectors[lib], vectors[fold.test], k)
+    policy = DecisionPolicy(
+        top_k=k,
+        min_similarity=min_similarity,
+        min_confidence=min_confidence,
+        calibrated=calibrated,
+        line_check=evidence is not None,
+        absence=absence,
+    )
     verdicts = window_verdicts(
         labels,
         scores,
         rows,
-        min_similarity=min_similarity,
-        min_confidence=min_confidence,
+        policy=policy,
         calibration=calibration,
         evidence=evidence,
+        quality=quality,
     )
     names = sorted(set(labels.tolist()))
     raw = vote_shares(labels[rows], scores, names, DEFAULT_TEMPERATURE).max(axis=1)

@@ -37,6 +37,12 @@ from faultline.fault_library.manifest import (
     verify_shard_files,
 )
 from faultline.fault_library.novelty import Calibration, calibration_from_manifest
+from faultline.fault_library.physics import (
+    DEFAULT_RULES,
+    LINE_RULES_KEY,
+    FamilyRule,
+    rules_from_dict,
+)
 from faultline.fault_library.shards import merge_topk, owner
 from faultline.fault_library.store import VIEWS, SignatureStore, StoreError
 from faultline.fault_library.versions import (
@@ -112,6 +118,11 @@ class FaultLibrary:
         self._baselines = {view: self._fit_baselines(view) for view in self.views}
         self._calibrations = {
             view: calibration_from_manifest(manifest, view) for view in self.views
+        }
+        source = manifest.get("source") or {}
+        self._line_rules = {
+            view: rules_from_dict((source.get(LINE_RULES_KEY) or {}).get(view, {}))
+            for view in self.views
         }
         # The writer records every view's label counts over the whole library (all shards).
         self._labels = {
@@ -219,6 +230,11 @@ class FaultLibrary:
     def labels(self, view: str) -> frozenset[str]:
         """Every class the library holds in ``view``, in all shards (held here or not)."""
         return self._labels.get(view, frozenset())
+
+    def line_rules(self, view: str) -> tuple[FamilyRule, ...]:
+        """The line thresholds fitted on this library's own signatures at build time
+        (the priors of ``physics.DEFAULT_RULES`` for a version built without them)."""
+        return self._line_rules.get(view, DEFAULT_RULES)
 
     def calibration(self, view: str) -> Calibration | None:
         """Per-class novelty thresholds and vote temperature measured at build time."""

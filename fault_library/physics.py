@@ -37,7 +37,7 @@ choice, and a sensitivity table shows how much). Pure computation: no I/O, no mo
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -51,6 +51,9 @@ IMPULSIVE_KURTOSIS = 4.0
 """Above this a window is impulsive: something strikes (Gaussian noise reads 3)."""
 ABSENT_BELOW_DB = 1.0
 """A line counts as absent this far under its threshold; closer, retrieval keeps its answer."""
+ABSENCE_MAX_CONFIDENCE = 0.9
+"""A verdict of ``normal`` by absence never claims more: absence of evidence is weaker
+than a match with the asset's own enrolled baseline."""
 
 __all__ = [
     "DEFAULT_RULES",
@@ -231,6 +234,8 @@ def reconcile(
     library_labels: Collection[str],
     *,
     absent_below_db: float = ABSENT_BELOW_DB,
+    absence: bool = True,
+    enrolled: bool = False,
 ) -> Verdict:
     """Cross-check a retrieval verdict with the lines (see the module docstring).
 
@@ -259,7 +264,7 @@ def reconcile(
         return replace(verdict, label=family, confidence=support, reason=reason, evidence=reading)
     if claimed in evidence.assessable and evidence.margins[claimed] < -absent_below_db:
         reading = evidence.readings[claimed]
-        reason = f"no lines: {claimed} claimed, but {reading}"
+        reason = f"no_lines: {claimed} claimed, but {reading}"
         return replace(
             verdict,
             label=UNKNOWN,
@@ -267,20 +272,127 @@ def reconcile(
             reason=reason,
             evidence=reading,
         )
-    if damaged and HEALTHY not in library_labels and _undamaged(evidence):
-        reason = (
-            f"no sign of damage (kurtosis {evidence.kurtosis:.1f} < {IMPULSIVE_KURTOSIS:g}, "
-            f"no {'/'.join(sorted(evidence.margins))} line) and the library holds no "
-            f"healthy signatures to tell this from a faint fault (instead of {claimed})"
-        )
-        return replace(verdict, label=UNKNOWN, confidence=0.5, reason=reason)
+    if absence and not enrolled and _undamaged(evidence) and not _recognised(verdict):
+        return _normal_by_absence(verdict, evidence)
     return verdict
 
 
+def _recognised(verdict: Verdict) -> bool:
+    """Retrieval firmly names a fault: a known fault signature matched closely enough to
+    pass the calibrated novelty check and the vote. Absence of lines does not overrule
+    that: some damage (CWRU's ball faults) shows no line at all and is known only by its
+    likeness to known cases."""
+    return verdict.label not in (UNKNOWN, HEALTHY) and verdict.reason is None
+
+
+def _normal_by_absence(verdict: Verdict, evidence: LineEvidence) -> Verdict:
+    """``normal`` because nothing indicates damage, with a confidence that says so: it
+    grows with how far every family's lines stay under their thresholds and how close the
+    kurtosis is to Gaussian, and never exceeds ``ABSENCE_MAX_CONFIDENCE``."""
+    kurtosis = float(evidence.kurtosis or 3.0)
+    closest = max(evidence.margins.values()) if evidence.margins else -10.0
+    lines_support = _confidence(-closest)
+    impulse_support = min(
+        1.0, max(0.0, (IMPULSIVE_KURTOSIS - kurtosis) / (IMPULSIVE_KURTOSIS - 3.0))
+    )
+    support = ABSENCE_MAX_CONFIDENCE * min(lines_support, 0.5 + 0.5 * impulse_support)
+    families = "/".join(sorted(evidence.margins)) or "defect"
+    reason = (
+        f"absence: no {families} lines (closest {closest:+.1f} dB from its threshold), "
+        f"kurtosis {kurtosis:.1f} < {IMPULSIVE_KURTOSIS:g}; not enrolled: enroll a healthy "
+        "baseline for a closer watch"
+        + ("" if verdict.label == HEALTHY else f" (instead of {verdict.label})")
+    )
+    return replace(verdict, label=HEALTHY, confidence=support, reason=reason)
+
+
 def _undamaged(evidence: LineEvidence) -> bool:
-    """Nothing strikes and no family's line is present: what a healthy bearing looks like."""
+    """Nothing strikes and no family's decisive line is present: what a healthy bearing
+    looks like. Raw-spectrum lines only corroborate a damage retrieval found, never
+    accuse on their own (a healthy CWRU window reaches 19.7 dB at raw 2x BPFO)."""
     return (
         evidence.kurtosis is not None
         and evidence.kurtosis < IMPULSIVE_KURTOSIS
-        and not evidence.present(corroborated=True)
+        and not evidence.present(corroborated=False)
+    )
+
+
+LINE_RULES_KEY = "line_rules"
+"""Where a library manifest's ``source`` keeps the thresholds fitted at build time."""
+FIT_RANGE_DB = (6.0, 30.0)
+"""Where a fitted line threshold may land: under 6 dB a noise peak passes (the maximum of
+a search span over a median floor reads a few dB on noise alone); 30 dB is the cap."""
+FIT_STEP_DB = 0.25
+
+
+def indicator_levels(
+    feature_names: Sequence[str], features: npt.ArrayLike, indicator: Indicator, offset_db: float
+) -> npt.NDArray[np.float64] | None:
+    """The indicator's level (dB above the floor) in each row, or None if the layout lacks
+    one of its features."""
+    where = {name: i for i, name in enumerate(feature_names)}
+    if not all(f in where for f in indicator.features):
+        return None
+    rows = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    cols = [where[f] for f in indicator.features]
+    out: npt.NDArray[np.float64] = rows[:, cols].mean(axis=1) * 10.0 + offset_db
+    return out
+
+
+def fit_rules(
+    feature_names: Sequence[str],
+    features: npt.ArrayLike,
+    labels: Sequence[str],
+    *,
+    offset_db: float,
+    rules: Sequence[FamilyRule] = DEFAULT_RULES,
+) -> tuple[FamilyRule, ...]:
+    """Every indicator's threshold fitted on training windows only.
+
+    The threshold is the level that best separates windows of the family's class from
+    all others (balanced accuracy of ``level >= threshold``), on a 0.25 dB grid inside
+    ``FIT_RANGE_DB``; on a plateau of equal scores the middle is taken, so the margin to
+    both sides is as wide as the data allow. An indicator whose class (or whose
+    complement) is missing from ``labels`` keeps its prior threshold: nothing to fit on.
+    The runtime reads the thresholds a library build fitted; ``faultline eval`` refits
+    them inside every fold on the library side, so no test window shapes them.
+    """
+    truth = np.asarray(list(labels))
+    grid = np.arange(FIT_RANGE_DB[0], FIT_RANGE_DB[1] + FIT_STEP_DB / 2, FIT_STEP_DB)
+    fitted = []
+    for rule in rules:
+        positive = truth == rule.label
+        indicators = []
+        for ind in rule.indicators:
+            levels = indicator_levels(feature_names, features, ind, offset_db)
+            if levels is None or not positive.any() or positive.all():
+                indicators.append(ind)
+                continue
+            hit = (levels[positive][:, None] >= grid[None, :]).mean(axis=0)
+            reject = (levels[~positive][:, None] < grid[None, :]).mean(axis=0)
+            score = 0.5 * (hit + reject)
+            best = np.flatnonzero(score >= score.max() - 1e-12)
+            indicators.append(replace(ind, db=float(grid[best[len(best) // 2]])))
+        fitted.append(replace(rule, indicators=tuple(indicators)))
+    return tuple(fitted)
+
+
+def rules_to_dict(rules: Sequence[FamilyRule]) -> dict[str, dict[str, float]]:
+    """Thresholds by family and indicator description (what a library manifest stores)."""
+    return {r.label: {i.description: i.db for i in r.indicators} for r in rules}
+
+
+def rules_from_dict(
+    data: Mapping[str, Mapping[str, float]], rules: Sequence[FamilyRule] = DEFAULT_RULES
+) -> tuple[FamilyRule, ...]:
+    """``rules`` with the thresholds ``data`` holds (others keep their prior)."""
+    return tuple(
+        replace(
+            r,
+            indicators=tuple(
+                replace(i, db=float(data.get(r.label, {}).get(i.description, i.db)))
+                for i in r.indicators
+            ),
+        )
+        for r in rules
     )

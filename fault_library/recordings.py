@@ -181,6 +181,8 @@ def read_mat_channel(path: Path, channel: str = "DE") -> tuple[Float64Array, flo
     wanted = f"X{int(number.group(1)):03d}{suffix}" if number else None
     if wanted is not None and wanted in mat:
         key = wanted
+    elif channel in mat:  # another rig's layout, the variable named (e.g. UESTC's "Data")
+        key = channel
     else:
         candidates = [k for k in keys if k.endswith(suffix)]
         if len(candidates) != 1:
@@ -194,6 +196,10 @@ def read_mat_channel(path: Path, channel: str = "DE") -> tuple[Float64Array, flo
     rpm = _scalar(path, rpm_key, mat[rpm_key]) if rpm_key in mat else None
     signal = np.asarray(mat[key], dtype=np.float64).ravel()
     return signal, rpm, key
+
+
+_MAT_RATE_KEYS = ("SampleFrequency", "fs", "Fs", "sample_rate")
+"""Variables that carry the sampling rate in .mat layouts other than CWRU's."""
 
 
 def _read_mat(path: Path, channel: str, *, need_fs: bool) -> _Raw:
@@ -214,6 +220,15 @@ def _mat_fs(path: Path) -> tuple[float, str]:
             for entry in read_manifest(folder):
                 if entry.path == target:
                     return entry.fs, "manifest"
+    from scipy.io import loadmat, whosmat
+
+    try:
+        stored = {name for name, _, _ in whosmat(str(path))} & set(_MAT_RATE_KEYS)
+    except Exception:  # unreadable: read_mat_channel has already said so
+        stored = set()
+    if stored:
+        key = sorted(stored)[0]
+        return _scalar(path, key, loadmat(str(path), variable_names=[key])[key]), "file"
     folder_rate = re.match(r"(\d+)k(?:_|$)", target.parent.name, re.IGNORECASE)
     if folder_rate:
         return float(folder_rate.group(1)) * 1000.0, "folder name"

@@ -76,6 +76,15 @@ class Verdict:
     vote_share: float | None = None
     evidence: str | None = None
 
+    @property
+    def code(self) -> str | None:
+        """Stable reason code: every reason starts with ``<code>:`` (``novel``,
+        ``ambiguous``, ``lines``, ``no_lines``, ``absence``, ``baseline`` or a signal-quality
+        code such as ``clipped``); None for a plain retrieval answer."""
+        if not self.reason:
+            return None
+        return self.reason.split(":", 1)[0].strip().replace(" ", "_")
+
 
 def _check_thresholds(min_similarity: float, min_confidence: float) -> None:
     if not -1.0 <= min_similarity <= 1.0:

@@ -180,7 +180,7 @@ def test_unknown_bearing_preset_is_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, "assets:\n  pump_1:\n    rpm: 1750\n    bearing: '6999'\n")
     (problem,) = load_error(path).problems
     assert problem.path == "assets.pump_1.bearing"
-    assert problem.expected == "a known bearing preset: 6203, 6205"
+    assert problem.expected == "a known bearing preset: 6203, 6205, UC204"
     assert (problem.given, problem.source) == ("'6999'", f"{path} line 4")
 
 

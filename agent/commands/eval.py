@@ -22,14 +22,22 @@ from faultline.agent.commands.eval_runs import (
     ENVELOPE_PREFIXES,
     ORDER_ENVELOPE_PREFIXES,
     SPLITS,
+    TRANSFER_SPLITS,
     Config,
     Dataset,
     Embedder,
     load_dataset,
     run_split,
+    run_transfer,
 )
 from faultline.fault_library.recordings import RecordingError
 from faultline.fault_library.verdict import UNKNOWN
+
+
+def default_machine_dir() -> Path | None:
+    env = os.environ.get("FAULTLINE_UESTC_DIR")
+    path = Path(env) if env else default_data_dir().parent / "uestc"
+    return path if (path / "manifest.csv").is_file() else None
 
 
 def default_data_dir() -> Path:
@@ -57,7 +65,24 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="folder with manifest.csv (default: $FAULTLINE_CWRU_DIR or ../shared/data/cwru)",
     )
-    parser.add_argument("--split", choices=[*SPLITS, "all"], default="all")
+    parser.add_argument("--split", choices=[*SPLITS, *TRANSFER_SPLITS, "all"], default="all")
+    parser.add_argument(
+        "--machine",
+        type=Path,
+        default=None,
+        help="another machine's labelled folder for the 'machine' split (library: DATA_DIR "
+        "only); default: $FAULTLINE_UESTC_DIR or ../shared/data/uestc when present",
+    )
+    parser.add_argument(
+        "--machine-bearing",
+        default="UC204",
+        help="bearing preset of the other machine's recordings (default UC204)",
+    )
+    parser.add_argument(
+        "--sensors",
+        default="FE,BA",
+        help="channels tested by the 'sensor' split against a DE library (default FE,BA)",
+    )
     parser.add_argument("--json", dest="json_out", type=Path, default=None, help="write JSON")
     parser.add_argument(
         "--projection",
@@ -134,6 +159,21 @@ def print_fold(s: dict[str, Any]) -> None:
     recall = "  ".join(f"{SHORT[c]} {r:.2f}" for c, r in s["recall"].items())
     ba = s["balanced_accuracy"]
     print(f"  balanced accuracy {ba:.3f}   unknown {s['unknown_rate']:.1%}   recall: {recall}")
+    base = s.get("baseline")
+    if base:
+        brecall = "  ".join(f"{SHORT[c]} {r:.2f}" for c, r in base["recall"].items())
+        print(f"  envelope baseline {base['balanced_accuracy']:.3f}   recall: {brecall}")
+    ret = s.get("retrieval")
+    if ret:
+        print(
+            f"  retrieval alone: top neighbour right for {ret['top1_fault']:.1%} of fault "
+            f"windows; best cosine median {ret['best_cosine_fault_median']:.3f} "
+            f"(p05 {ret['best_cosine_fault_p05']:.3f}; {ret['fault_above_min_similarity']:.1%} "
+            "above min_similarity)"
+        )
+    codes = ", ".join(f"{k} {v}" for k, v in s.get("codes", {}).items())
+    if codes:
+        print(f"  decided by: {codes}")
     conf = s["confusion"]
     print("  confusion (rows: truth; cols: " + " ".join(SHORT[c] for c in conf["cols"]) + ")")
     for row, counts in zip(conf["rows"], conf["counts"], strict=True):
@@ -163,6 +203,9 @@ def print_split_summary(split: str, out: dict[str, Any]) -> None:
     s = out["summary"]
     if split != "held-out-class":
         folds = " ".join(f"{f['fold']}={f['balanced_accuracy']:.3f}" for f in out["folds"])
+        base = [f["baseline"]["balanced_accuracy"] for f in out["folds"] if f.get("baseline")]
+        if base:
+            folds += f"; envelope baseline mean {float(np.mean(base)):.3f}"
         raw = (s.get("reliability_raw_share") or {}).get("ece", math.nan)
         print(
             f"\n== {split}: mean balanced accuracy {s['mean_balanced_accuracy']:.3f} "
@@ -178,7 +221,8 @@ def print_split_summary(split: str, out: dict[str, Any]) -> None:
     if inv:
         print(
             f"   rate invariance: {inv['same_answer']}/{inv['recordings']} recordings same "
-            f"answer at 12/24/48 kHz; window agreement {inv['window_agreement']:.1%}"
+            f"answer at 12/48/96 kHz (48 kHz records: native vs 12 kHz); window "
+            f"agreement {inv['window_agreement']:.1%}"
         )
         for r in inv["rows"]:
             if not r["same_answer"]:
@@ -229,7 +273,23 @@ def run(args: argparse.Namespace) -> int:
         "splits": {},
     }
     for split in splits:
+        if split in TRANSFER_SPLITS:
+            continue
         report["splits"][split] = run_split(split, data, embedder, args, on_fold=print_fold)
+        print_split_summary(split, report["splits"][split])
+    for split in TRANSFER_SPLITS if args.split == "all" else splits:
+        if split not in TRANSFER_SPLITS:
+            continue
+        try:
+            tests = transfer_tests(split, data_dir, args)
+        except (RecordingError, OSError) as exc:
+            print(f"faultline: {exc}", file=sys.stderr)
+            return 2
+        if not tests:
+            print(f"\n== {split}: skipped (no data: see --machine)")
+            continue
+        data.features(config.view)
+        report["splits"][split] = run_transfer(data, tests, config, args, on_fold=print_fold)
         print_split_summary(split, report["splits"][split])
     if args.ablation:
         report["ablation"] = ablation(data, args, {config: embedder})
@@ -240,6 +300,40 @@ def run(args: argparse.Namespace) -> int:
         args.json_out.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
         print(f"wrote {args.json_out}")
     return 0
+
+
+def transfer_tests(
+    split: str, data_dir: Path, args: argparse.Namespace
+) -> list[tuple[str, Dataset, bool]]:
+    """The test datasets of a transfer split: ``(name, dataset, healthy second half only)``."""
+    view = args.view
+    out = []
+    if split == "sensor":
+        for channel in (c.strip() for c in args.sensors.split(",") if c.strip()):
+            test = load_dataset(
+                data_dir,
+                window_s=args.window,
+                hop_s=args.hop,
+                estimate_rpm=args.estimate_rpm,
+                channel=channel,
+            )
+            test.features(view)
+            out.append((f"{channel} sensor", test, True))
+    elif split == "machine":
+        machine = args.machine or default_machine_dir()
+        if machine is None:
+            return []
+        test = load_dataset(
+            machine,
+            window_s=args.window,
+            hop_s=args.hop,
+            estimate_rpm=args.estimate_rpm,
+            channel="Data",
+            bearing=args.machine_bearing,
+        )
+        test.features(view)
+        out.append((machine.name, test, False))
+    return out
 
 
 def ablation(

@@ -22,28 +22,36 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import resample_poly
 
-from faultline.agent.pipeline import VerdictPolicy
 from faultline.encoders.dsp import magnitude_spectrum
+from faultline.encoders.features import characteristic_orders
 from faultline.encoders.geometry import bearing_preset
+from faultline.encoders.quality import Quality
 from faultline.encoders.signals import Measurement, Window
 from faultline.encoders.spectrum import SpectrumEncoder, View
 from faultline.fault_library import evaluation as ev
 from faultline.fault_library.catalog import read_manifest
+from faultline.fault_library.diagnosis import DecisionPolicy, quality_of
+from faultline.fault_library.envelope_baseline import EnvelopeBaseline, baseline_features
 from faultline.fault_library.physics import (
-    DEFAULT_RULES,
     LineEvidence,
     LineEvidenceReader,
+    fit_rules,
     shifted,
 )
-from faultline.fault_library.recordings import Recording, iter_windows, read_recording
+from faultline.fault_library.recordings import (
+    Recording,
+    RecordingError,
+    iter_windows,
+    read_recording,
+)
 from faultline.fault_library.verdict import UNKNOWN, aggregate
 
 F32 = npt.NDArray[np.float32]
 SPLITS = ("lofso", "lolo", "cross-rate", "held-out-class")
 ENVELOPE_PREFIXES = ("env_",)
 ORDER_ENVELOPE_PREFIXES = ("env_", "comb_")
-RATE_COPIES = (24000.0, 48000.0)
-POLICY = VerdictPolicy()  # the running agent's defaults: same thresholds as in production
+RATE_COPIES = (48000.0, 96000.0)
+POLICY = DecisionPolicy()  # the running agent's defaults: same thresholds as in production
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -61,6 +69,36 @@ class Dataset:
     hop_s: float
     _features: dict[str, F32] = field(default_factory=dict)
     _copies: dict[tuple[str, float, str], F32] = field(default_factory=dict)
+    _quality: list[Quality | None] | None = None
+    _baseline: npt.NDArray[np.float64] | None = None
+
+    def quality(self) -> list[Quality | None]:
+        """The signal-quality gate's verdict of every window (computed once)."""
+        if self._quality is None:
+            self._quality = []
+            for start in range(0, len(self.windows), 256):
+                self._quality += quality_of(self.windows[start : start + 256])
+        return self._quality
+
+    def baseline_features(self) -> tuple[tuple[str, ...], npt.NDArray[np.float64]]:
+        """The classical envelope baseline's line readings of every window (once)."""
+        names, _ = characteristic_orders(self.windows[0].geometry or bearing_preset("6205"))
+        if self._baseline is None:
+            out = np.zeros((len(self.windows), len(names)))
+            groups: dict[tuple[float, int], list[int]] = {}
+            for i, w in enumerate(self.windows):
+                groups.setdefault((w.fs, len(w.samples)), []).append(i)
+            for (fs, _), rows in groups.items():
+                for start in range(0, len(rows), 128):
+                    part = rows[start : start + 128]
+                    ws = [self.windows[i] for i in part]
+                    rpm = [self.encoder.describe_rpm(w)[0] for w in ws]
+                    geometry = [w.geometry or bearing_preset("6205") for w in ws]
+                    _, out[part] = baseline_features(
+                        np.stack([w.samples for w in ws]), fs, rpm, geometry
+                    )
+            self._baseline = out
+        return names, self._baseline
 
     def features(self, view: View) -> F32:
         if view not in self._features:
@@ -90,21 +128,50 @@ def encode_features(encoder: SpectrumEncoder, windows: Sequence[Window], view: V
 
 
 def load_dataset(
-    data_dir: Path, *, window_s: float, hop_s: float, estimate_rpm: bool = False
+    data_dir: Path,
+    *,
+    window_s: float,
+    hop_s: float,
+    estimate_rpm: bool = False,
+    channel: str = "DE",
+    bearing: str | None = None,
 ) -> Dataset:
-    """Every recording of ``data_dir`` cut into windows (``estimate_rpm``: forget the
-    manifest's speed, so the encoder estimates it from each window's spectrum)."""
-    entries = read_manifest(data_dir)
+    """Every recording of ``data_dir`` cut into windows: the one dataset loader of
+    ``faultline eval`` (and of the tests that evaluate).
+
+    ``estimate_rpm``: forget the manifest's speed, so the encoder estimates it from each
+    window's spectrum. ``channel``: the sensor (CWRU: ``DE``, ``FE``, ``BA``; a .mat
+    variable name such as UESTC's ``Data`` for other layouts; recordings without it are
+    skipped); windows of a channel other than DE are tagged ``<record>@<channel>`` so a
+    split can tell the sensor positions apart. ``bearing``: the preset of manifests
+    without a bearing column. A nominal speed (``rpm_nominal``) is refined from each
+    window's spectrum within the manifest's tolerance.
+    """
+    entries = read_manifest(data_dir, bearing=bearing)
     info: list[ev.WindowInfo] = []
     windows: list[Window] = []
     recordings: dict[str, Recording] = {}
+    suffix = "" if channel.upper() == "DE" else f"@{channel}"
     for e in entries:
-        rec = read_recording(e.path, fs=e.fs, rpm=e.rpm, geometry=bearing_preset(e.bearing))
+        try:
+            rec = read_recording(
+                e.path,
+                fs=e.fs,
+                rpm=e.rpm,
+                geometry=bearing_preset(e.bearing),
+                channel=e.key or channel,
+            )
+        except RecordingError:
+            if channel.upper() in ("FE", "BA"):  # CWRU: BA exists only in the 12 kHz files
+                continue
+            raise
         if estimate_rpm:
             rec = replace(rec, rpm=None)
-        recordings[e.record_id] = rec
+        record_id = f"{e.record_id}{suffix}"
+        recordings[record_id] = rec
         group = str(
             e.meta.get("group")
+            or e.meta.get("recording")
             or (
                 f"normal:{e.bearing}"
                 if e.label == "normal"
@@ -117,14 +184,15 @@ def load_dataset(
             if e.label != "normal"
             else [(ev.FIRST_HALF, 0.0, half), (ev.SECOND_HALF, half, None)]
         )
+        tolerance = 0.0 if estimate_rpm else e.rpm_tolerance
         for segment, start, stop in spans:
             for w in iter_windows(
-                rec, e.record_id, window_s=window_s, hop_s=hop_s, start_s=start, stop_s=stop
+                rec, record_id, window_s=window_s, hop_s=hop_s, start_s=start, stop_s=stop
             ):
-                windows.append(w)
+                windows.append(replace(w, rpm_tolerance=tolerance) if tolerance else w)
                 info.append(
                     ev.WindowInfo(
-                        record_id=e.record_id,
+                        record_id=record_id,
                         label=e.label,
                         fault_size_in=e.fault_size_in,
                         load_hp=e.load_hp,
@@ -138,6 +206,27 @@ def load_dataset(
     rates = [w.fs for w in info if w.label != "normal"]
     base_fs = max(set(rates), key=rates.count) if rates else 12000.0
     return Dataset(info, windows, recordings, SpectrumEncoder(projection=None), base_fs, hop_s)
+
+
+def merged(library: Dataset, test: Dataset) -> tuple[Dataset, npt.NDArray[np.int64]]:
+    """One dataset holding ``library``'s windows then ``test``'s (a transfer split's two
+    sides), and the row numbers where ``test``'s begin."""
+    data = Dataset(
+        library.info + test.info,
+        library.windows + test.windows,
+        {**library.recordings, **test.recordings},
+        library.encoder,
+        library.base_fs,
+        library.hop_s,
+    )
+    for view in library._features.keys() & test._features.keys():
+        data._features[view] = np.concatenate([library._features[view], test._features[view]])
+    if library._quality is not None and test._quality is not None:
+        data._quality = library._quality + test._quality
+    if library._baseline is not None and test._baseline is not None:
+        data._baseline = np.concatenate([library._baseline, test._baseline])
+    offset = len(library.info)
+    return data, np.arange(offset, offset + len(test.info), dtype=np.int64)
 
 
 # --- embeddings per fold ---------------------------------------------------------------------
@@ -176,11 +265,8 @@ class Embedder:
         )
         self.weights = data.encoder.weights(config.view) * self.mask
         # Dropped features are invisible to the line check too, as they are to retrieval.
-        self.lines = LineEvidenceReader(
-            [n if keep else "" for n, keep in zip(names, self.mask > 0, strict=True)],
-            offset_db=data.encoder.params.prominence_offset_db,
-            rules=shifted(DEFAULT_RULES, config.lines_shift_db),
-        )
+        self.line_names = [n if keep else "" for n, keep in zip(names, self.mask > 0, strict=True)]
+        self._readers: dict[bytes, LineEvidenceReader] = {}
         self._cache: dict[bytes, Callable[[F32], F32]] = {}
         self.results: dict[bytes, ev.FoldResult] = {}
         self.train_seconds = 0.0
@@ -231,11 +317,31 @@ class Embedder:
         other._cache = self._cache
         return other
 
-    def evidence(self, rows: npt.NDArray[np.int64]) -> list[LineEvidence] | None:
-        """Line evidence of ``rows`` (None when the configuration skips the line check)."""
+    def lines(self, library: npt.NDArray[np.int64]) -> LineEvidenceReader:
+        """The line reader whose thresholds are fitted on ``library``'s windows only
+        (nested: a test window never shapes a threshold it is judged by)."""
+        key = library.tobytes()
+        if key not in self._readers:
+            offset = self.data.encoder.params.prominence_offset_db
+            rules = fit_rules(
+                self.line_names,
+                self.data.features(self.config.view)[library],
+                [self.data.info[i].label for i in library.tolist()],
+                offset_db=offset,
+            )
+            self._readers[key] = LineEvidenceReader(
+                self.line_names, offset_db=offset, rules=shifted(rules, self.config.lines_shift_db)
+            )
+        return self._readers[key]
+
+    def evidence(
+        self, library: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]
+    ) -> list[LineEvidence] | None:
+        """Line evidence of ``rows`` with thresholds fitted on ``library`` (None when the
+        configuration skips the line check)."""
         if not self.config.lines:
             return None
-        return self.lines.read(self.data.features(self.config.view)[rows])
+        return self.lines(library).read(self.data.features(self.config.view)[rows])
 
     def refit_for(
         self, library: npt.NDArray[np.int64]
@@ -275,7 +381,8 @@ def evaluate_fold(
     """One fold, remembered (the rate-invariance check reuses LOFSO's calibrations)."""
     key = fold.library.tobytes() + fold.test.tobytes()
     if key not in embedder.results:
-        embedder.results[key] = ev.run_fold(
+        quality = data.quality() if embedder.config.view == "window" else None
+        result = ev.run_fold(
             fold,
             data.info,
             embedder.vectors(fold.library),
@@ -285,9 +392,21 @@ def evaluate_fold(
             calibrated=not args.no_calibration,
             quantile=args.quantile,
             refit=embedder.refit_for(fold.library),
-            evidence=embedder.evidence(fold.test),
+            evidence=embedder.evidence(fold.library, fold.test),
+            quality=None if quality is None else [quality[i] for i in fold.test.tolist()],
+            absence=embedder.config.lines,
         )
+        if embedder.config.view == "window":
+            result.baseline_pred = baseline_labels(data, fold)
+        embedder.results[key] = result
     return embedder.results[key]
+
+
+def baseline_labels(data: Dataset, fold: ev.Fold) -> list[str]:
+    """The classical envelope baseline fitted on the fold's library side, on its test side."""
+    names, feats = data.baseline_features()
+    labels = [data.info[i].label for i in fold.library.tolist()]
+    return EnvelopeBaseline(names, feats[fold.library], labels).predict(feats[fold.test])
 
 
 def run_split(
@@ -343,8 +462,16 @@ def summarise(split: str, folds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def rate_invariance(data: Dataset, embedder: Embedder, args: argparse.Namespace) -> dict[str, Any]:
     """Each base-rate test recording of every LOFSO fold, against that fold's library, and
-    its copies resampled (scipy.signal.resample_poly) to 24 and 48 kHz: same answers?"""
+    its copies resampled (scipy.signal.resample_poly: polyphase, band-limited, Kaiser
+    window) up to 48 and 96 kHz; and each fault recording made at another rate (CWRU's
+    48 kHz records) against its copy down at the base rate, in the fold that holds its
+    bearing out: same answers?"""
     rows = []
+    other_rate = {
+        w.record_id: (w.fs, f"{w.fault_size_in:g} in")
+        for w in data.info
+        if w.label != "normal" and not math.isclose(w.fs, data.base_fs)
+    }
     for fold in folds_of("lofso", data):
         embed = embedder.embedding(fold.library)
         lib_vec = embed(data.features(embedder.config.view))[fold.library]
@@ -353,22 +480,26 @@ def rate_invariance(data: Dataset, embedder: Embedder, args: argparse.Namespace)
         tested = sorted(
             {data.info[i].record_id for i in fold.test.tolist() if data.info[i].label != "normal"}
         )
-        for record in tested:
+        extra = sorted(r for r, (_, size) in other_rate.items() if size == fold.name)
+        for record in [*tested, *extra]:
             answers = {}
-            for fs in (data.base_fs, *RATE_COPIES):
+            native = other_rate.get(record, (data.base_fs, ""))[0]
+            rates = (native, *RATE_COPIES) if record in tested else (native, data.base_fs)
+            for fs in rates:
                 feats = data.copy_features(record, fs, embedder.config.view)
                 scores, nbrs = ev.knn(lib_vec, embed(feats), args.k)
                 verdicts = ev.window_verdicts(
                     labels,
                     scores,
                     nbrs,
-                    min_similarity=POLICY.min_similarity,
-                    min_confidence=POLICY.min_confidence,
+                    policy=DecisionPolicy(absence=embedder.config.lines),
                     calibration=calibration,
-                    evidence=embedder.lines.read(feats) if embedder.config.lines else None,
+                    evidence=(
+                        embedder.lines(fold.library).read(feats) if embedder.config.lines else None
+                    ),
                 )
                 answers[fs] = ([v.label for v in verdicts], aggregate(verdicts).label)
-            base = answers[data.base_fs]
+            base = answers[native]
             rows.append(
                 {
                     "fold": fold.name,
@@ -380,7 +511,7 @@ def rate_invariance(data: Dataset, embedder: Embedder, args: argparse.Namespace)
                             [
                                 np.mean([x == y for x, y in zip(base[0], a[0], strict=True)])
                                 for fs, a in answers.items()
-                                if fs != data.base_fs
+                                if fs != native
                             ]
                         )
                     ),
@@ -393,4 +524,93 @@ def rate_invariance(data: Dataset, embedder: Embedder, args: argparse.Namespace)
         if rows
         else math.nan,
         "rows": rows,
+    }
+
+
+# --- transfer splits: a sensor position or a machine the library never saw -----------------
+
+TRANSFER_SPLITS = ("sensor", "machine")
+
+
+def transfer_fold(
+    library: Dataset, test: Dataset, name: str, *, healthy_second_half: bool
+) -> tuple[Dataset, ev.Fold]:
+    """The library side of ``library`` (base-rate faults, healthy first half) against every
+    window of ``test`` (``healthy_second_half``: its healthy windows' second half only,
+    when they are the same recording seen by another sensor: time-disjoint from the
+    library's half)."""
+    data, test_rows = merged(library, test)
+    lib_rows = np.array(
+        [
+            i
+            for i, w in enumerate(library.info)
+            if (w.label != "normal" and math.isclose(w.fs, library.base_fs))
+            or (w.label == "normal" and w.segment == ev.FIRST_HALF)
+        ],
+        dtype=np.int64,
+    )
+    keep = [
+        int(i)
+        for i in test_rows.tolist()
+        if not (
+            healthy_second_half
+            and data.info[i].label == "normal"
+            and data.info[i].segment == ev.FIRST_HALF
+        )
+    ]
+    notes = (
+        f"library: {len(lib_rows)} windows of {len(library.recordings)} recordings",
+        f"test: {len(keep)} windows of {len(test.recordings)} recordings ({name})",
+    )
+    split = "machine" if not healthy_second_half else "sensor"
+    fold = ev.Fold(split, name, lib_rows, np.array(keep, dtype=np.int64), notes)
+    problems = ev.leaks(fold, data.info)
+    if problems:
+        raise AssertionError("; ".join(problems))
+    return data, fold
+
+
+def run_transfer(
+    library: Dataset,
+    tests: Sequence[tuple[str, Dataset, bool]],
+    config: Config,
+    args: argparse.Namespace,
+    on_fold: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """One fold per ``(name, test dataset, healthy_second_half)``, each with its own
+    projection trained on ``library``'s side only."""
+    results = []
+    for name, test, second_half in tests:
+        data, fold = transfer_fold(library, test, name, healthy_second_half=second_half)
+        embedder = Embedder(data, config)
+        summary = evaluate_fold(fold, data, embedder, args).summary()
+        summary["retrieval"] = retrieval_quality(data, embedder, fold, args)
+        results.append(summary)
+        if on_fold is not None:
+            on_fold(summary)
+    split = results[0]["split"] if results else "transfer"
+    return {"folds": results, "summary": summarise(split, results)}
+
+
+def retrieval_quality(
+    data: Dataset, embedder: Embedder, fold: ev.Fold, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Retrieval alone: the top neighbour's class and the best cosine of fault windows."""
+    vectors = embedder.vectors(fold.library)
+    scores, rows = ev.knn(vectors[fold.library], vectors[fold.test], args.k)
+    lib_labels = np.array([data.info[i].label for i in fold.library.tolist()])
+    truth = np.array([data.info[i].label for i in fold.test.tolist()])
+    faults = truth != "normal"
+    top = lib_labels[rows[:, 0]]
+    best = scores[:, 0]
+    return {
+        "top1_fault": float(np.mean(top[faults] == truth[faults])) if faults.any() else math.nan,
+        "top1_all": float(np.mean(top == truth)),
+        "best_cosine_fault_median": float(np.median(best[faults])) if faults.any() else math.nan,
+        "best_cosine_fault_p05": float(np.quantile(best[faults], 0.05))
+        if faults.any()
+        else math.nan,
+        "fault_above_min_similarity": float(np.mean(best[faults] >= POLICY.min_similarity))
+        if faults.any()
+        else math.nan,
     }

@@ -1,0 +1,200 @@
+"""The decision, written once: quality gate -> vote -> own baseline -> lines -> absence.
+
+The streaming pipeline, ``faultline diagnose`` and ``faultline eval`` all call
+:func:`decide_window` (the evaluation with its own exact kNN results, the runtime through
+:func:`diagnose_batch` with the FAISS library), so a figure in docs/EVALUATION.md is the
+figure of the code that runs on the gateway. The sequence:
+
+1. **Signal quality** (:mod:`faultline.encoders.quality`): a constant, clipped, tonal or
+   dropped-out window is never a fault; it is ``unknown`` with the quality code.
+2. **Vote**: similarity-weighted kNN with calibrated per-class novelty
+   (:mod:`faultline.fault_library.verdict`).
+3. **Own baseline**: an enrolled asset is judged against its healthy windows
+   (:mod:`faultline.fault_library.baseline`).
+4. **Lines** (:mod:`faultline.fault_library.physics`): the defect families' lines in the
+   squared-envelope spectrum confirm, overrule or refuse the answer.
+5. **Normal by absence**: an unenrolled machine whose defect lines are all absent and whose
+   kurtosis is Gaussian-like is ``normal``, judged by absence (step 4's ``reconcile``).
+
+Pure apart from the models :func:`diagnose_batch` is handed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+
+from faultline.encoders.quality import Quality, assess
+from faultline.encoders.signals import Measurement, Window
+from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.fault_library.baseline import Baseline, judge_against_baseline
+from faultline.fault_library.library import FaultLibrary, Neighbour
+from faultline.fault_library.novelty import Calibration
+from faultline.fault_library.physics import (
+    DEFAULT_RULES,
+    FamilyRule,
+    LineEvidence,
+    LineEvidenceReader,
+    reconcile,
+    shifted,
+)
+from faultline.fault_library.verdict import UNKNOWN, Verdict, decide
+
+__all__ = [
+    "DecisionPolicy",
+    "WindowResult",
+    "decide_window",
+    "diagnose_batch",
+    "line_reader",
+    "quality_of",
+]
+
+View = Literal["window", "spectrum"]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionPolicy:
+    """Every switch of the decision; the agent's settings and ``faultline eval`` fill it."""
+
+    top_k: int = 10
+    min_similarity: float = 0.5
+    min_confidence: float = 0.5
+    calibrated: bool = True
+    """Use the library's per-class novelty thresholds when it has them."""
+    line_check: bool = True
+    """Cross-check each verdict with the bearing's characteristic lines (physics.py)."""
+    line_shift_db: float = 0.0
+    """Every line threshold moved by this many dB (positive: stricter)."""
+    absence: bool = True
+    """An unenrolled window with no sign of damage is ``normal`` (judged by absence)."""
+    quality_gate: bool = True
+    """Refuse windows whose signal cannot be read (constant, clipped, tone, dropout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """What the science concluded about one measurement, before it becomes an alert."""
+
+    verdict: Verdict
+    neighbours: list[Neighbour]
+    rpm: float
+    rpm_source: str
+    view: View
+
+
+def decide_window(
+    labels: Sequence[str],
+    scores: Sequence[float],
+    *,
+    policy: DecisionPolicy,
+    calibration: Calibration | None,
+    known: Collection[str],
+    evidence: LineEvidence | None = None,
+    quality: Quality | None = None,
+    own: tuple[float, Baseline] | None = None,
+) -> Verdict:
+    """One window's verdict from its neighbours (best first), in the module's sequence.
+
+    ``known``: the classes the library holds; ``own``: the window's similarity to its
+    asset's enrolled baseline and that baseline, when the asset is enrolled.
+    """
+    if quality is not None and not quality.ok and policy.quality_gate:
+        top = float(max(scores)) if len(scores) else -1.0
+        return Verdict(UNKNOWN, 1.0, f"{quality.code}: {quality.reason}", top)
+    verdict = decide(
+        labels,
+        scores,
+        min_similarity=policy.min_similarity,
+        min_confidence=policy.min_confidence,
+        calibration=calibration if policy.calibrated else None,
+    )
+    if own is not None:
+        verdict = judge_against_baseline(verdict, list(labels), list(scores), own[0], own[1])
+    # Lines after the baseline: they overrule an asset's own baseline too (one enrolled
+    # while the defect was already there would otherwise call the defect normal).
+    if evidence is not None and policy.line_check:
+        verdict = reconcile(
+            verdict, evidence, known, absence=policy.absence, enrolled=own is not None
+        )
+    return verdict
+
+
+@lru_cache(maxsize=32)
+def line_reader(
+    encoder: SpectrumEncoder,
+    view: View,
+    shift_db: float,
+    rules: tuple[FamilyRule, ...] = DEFAULT_RULES,
+) -> LineEvidenceReader:
+    """The line reader for ``encoder``'s feature layout of ``view`` (built once per rules)."""
+    return LineEvidenceReader(
+        encoder.feature_names(view),
+        offset_db=encoder.params.prominence_offset_db,
+        rules=shifted(rules, shift_db),
+    )
+
+
+def quality_of(measurements: Sequence[Measurement]) -> list[Quality | None]:
+    """The signal-quality verdict of each raw window (None for sensor spectra, whose
+    samples we never see); windows of one shape are assessed as one batch."""
+    out: list[Quality | None] = [None] * len(measurements)
+    groups: dict[tuple[float, int], list[int]] = {}
+    for i, item in enumerate(measurements):
+        if isinstance(item, Window):
+            groups.setdefault((float(item.fs), len(item.samples)), []).append(i)
+    for (fs, _), rows in groups.items():
+        block = np.stack([np.asarray(measurements[i].samples) for i in rows])  # type: ignore[union-attr]
+        for i, q in zip(rows, assess(block, fs), strict=True):
+            out[i] = q
+    return out
+
+
+def diagnose_batch(
+    measurements: Sequence[Measurement],
+    encoder: SpectrumEncoder,
+    library: FaultLibrary,
+    policy: DecisionPolicy,
+) -> list[WindowResult]:
+    """Encode, search and decide measurements of one view (pure apart from the models).
+
+    Shared by the streaming pipeline and the offline ``diagnose`` command so both give
+    the same answer for the same window.
+    """
+    if not measurements:
+        return []
+    view = encoder.view_of(measurements[0])
+    features, vectors = encoder.encode_with_features(measurements)
+    results = library.search(view, vectors, policy.top_k)
+    calibration = library.calibration(view) if policy.calibrated else None
+    evidence = (
+        line_reader(encoder, view, policy.line_shift_db, library.line_rules(view)).read(features)
+        if policy.line_check
+        else None
+    )
+    quality = quality_of(measurements) if policy.quality_gate else [None] * len(measurements)
+    known = library.labels(view)
+    out: list[WindowResult] = []
+    for row, (item, vector, neighbours) in enumerate(
+        zip(measurements, vectors, results, strict=True)
+    ):
+        baseline = library.baseline(view, item.asset)
+        own = (
+            None if baseline is None else (float(baseline.similarity(vector[None, :])[0]), baseline)
+        )
+        verdict = decide_window(
+            [n.label for n in neighbours],
+            [n.score for n in neighbours],
+            policy=policy,
+            calibration=calibration,
+            known=known,
+            evidence=None if evidence is None else evidence[row],
+            quality=quality[row],
+            own=own,
+        )
+        rpm, rpm_source = encoder.describe_rpm(item)
+        out.append(WindowResult(verdict, neighbours, rpm, rpm_source, view))
+    return out
