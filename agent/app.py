@@ -305,6 +305,7 @@ class Agent:
             confidence=diagnosis.verdict.confidence,
             reason=diagnosis.verdict.reason,
             evidence=diagnosis.verdict.evidence,
+            code=diagnosis.verdict.code,
             neighbours=[(n.id, n.label, n.score) for n in diagnosis.neighbours],
             latency_ms=diagnosis.latency_ms,
             seq=0,  # numbered at send time, below

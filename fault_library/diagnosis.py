@@ -104,7 +104,10 @@ def decide_window(
     """
     if quality is not None and not quality.ok and policy.quality_gate:
         top = float(max(scores)) if len(scores) else -1.0
-        return Verdict(UNKNOWN, 1.0, f"{quality.code}: {quality.reason}", top)
+        reason = quality.reason or quality.code
+        if not reason.startswith(f"{quality.code}:"):
+            reason = f"{quality.code}: {reason}"
+        return Verdict(UNKNOWN, 1.0, reason, top)
     verdict = decide(
         labels,
         scores,

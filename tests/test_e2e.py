@@ -94,6 +94,11 @@ def test_replayed_cwru_windows_get_correct_alerts(
         line = {"inner_race": "BPFI", "outer_race": "BPFO"}.get(alert["label"])
         if line is not None:
             assert line in alert["evidence"], alert["evidence"]
+        # The code names why: null for a plain match, else the reason's own prefix.
+        if alert["reason"] is None:
+            assert alert["code"] is None
+        else:
+            assert alert["reason"].startswith(f"{alert['code']}:"), alert
     # One agent, one subscriber: sequence numbers arrive contiguous and increasing, so a
     # dashboard can detect a lost alert from a gap.
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))

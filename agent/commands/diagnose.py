@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 "label": r.verdict.label,
                 "confidence": round(r.verdict.confidence, 4),
                 "reason": r.verdict.reason,
+                "code": r.verdict.code,
                 "evidence": r.verdict.evidence,
                 "neighbours": [
                     {"id": n.id, "label": n.label, "score": round(n.score, 4)}

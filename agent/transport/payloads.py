@@ -352,6 +352,10 @@ class AlertRecord:
     emitted_at: float
     evidence: str | None = None
     """The characteristic lines read when the verdict was cross-checked with them."""
+    code: str | None = None
+    """Why the answer is what it is, as a stable code (``Verdict.code``): ``novel``,
+    ``ambiguous``, ``lines``, ``no_lines``, ``absence``, ``baseline`` or a signal-quality
+    code (``constant``, ``clipped``, ``tone``, ``dropout``); null for a plain match."""
 
 
 def encode_alert(rec: AlertRecord) -> bytes:
