@@ -14,7 +14,8 @@ figure of the code that runs on the gateway. The sequence:
 4. **Lines** (:mod:`faultline.fault_library.physics`): the defect families' lines in the
    squared-envelope spectrum confirm, overrule or refuse the answer.
 5. **Normal by absence**: an unenrolled machine whose defect lines are all absent and whose
-   kurtosis is Gaussian-like is ``normal``, judged by absence (step 4's ``reconcile``).
+   window and band kurtosis are Gaussian-like is ``normal``, judged by absence, whatever
+   retrieval said (step 4's ``reconcile``; the reason says so).
 
 Pure apart from the models :func:`diagnose_batch` is handed.
 """

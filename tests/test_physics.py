@@ -7,6 +7,7 @@ held-out-class checks run the evaluation's own folds with and without the line c
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -150,35 +151,36 @@ def test_raw_lines_alone_do_not_turn_a_healthy_answer_into_a_fault() -> None:
     assert reconcile(Verdict("ball", 0.9, None, 0.9), raw_only, LIBRARY).label == "outer_race"
 
 
-def test_ball_and_normal_answers_without_lines_stand() -> None:
-    """A firm retrieval answer of ball stands without lines (CWRU's ball faults show
-    none); normal without lines is normal, now by absence when not enrolled."""
-    v = Verdict("ball", 0.7, None, 0.9)
-    assert reconcile(v, _evidence(-9, -9), LIBRARY) == v
-    healthy = reconcile(Verdict("normal", 0.7, None, 0.9), _evidence(-9, -9), LIBRARY)
-    assert healthy.label == "normal"
-    assert healthy.code == "absence"
-    enrolled = Verdict("normal", 0.7, None, 0.9)
-    assert reconcile(enrolled, _evidence(-9, -9), LIBRARY, enrolled=True) == enrolled
-
-
-def test_an_undamaged_window_is_normal_by_absence_unless_retrieval_is_firm() -> None:
-    """No impacts, no lines: `normal` by absence, even with no healthy signatures in the
-    library, when retrieval is unsure (novel or ambiguous); a firm fault match stands,
-    and an impulsive window (kurtosis 6) is never called normal by absence."""
+def test_without_lines_or_impulsiveness_any_unenrolled_answer_is_normal_by_absence() -> None:
+    """No line of any family, Gaussian kurtosis: `normal` by absence whatever retrieval
+    said, even a firm ball match and even with no healthy signatures in the library
+    (similarity is not evidence of damage). Impulsiveness keeps the answer; so does a
+    line in the grey zone just under its threshold, and so does enrolment (the asset's
+    own baseline judges it)."""
     faults_only = LIBRARY - {"normal"}
     quiet = _evidence(-9, -9, kurtosis=2.8)
-    unsure = Verdict("unknown", 0.9, "novel: best ball match 0.7 < 0.8", 0.7)
-    v = reconcile(unsure, quiet, faults_only)
-    assert v.label == "normal"
-    assert v.code == "absence"
-    assert v.reason is not None
-    assert "kurtosis 2.8" in v.reason
-    assert "enroll a healthy baseline" in v.reason
-    assert 0.5 <= v.confidence <= 0.9
-    struck = _evidence(-9, -9, kurtosis=6.0)
-    assert reconcile(unsure, struck, faults_only).label == UNKNOWN
-    assert reconcile(Verdict("ball", 0.9, None, 0.9), quiet, faults_only).label == "ball"
+    for claimed in (
+        Verdict("ball", 0.9, None, 0.9),
+        Verdict("normal", 0.7, None, 0.9),
+        Verdict("unknown", 0.9, "novel: best ball match 0.7 < 0.8", 0.7),
+    ):
+        v = reconcile(claimed, quiet, faults_only)
+        assert v.label == "normal", claimed
+        assert v.code == "absence"
+        assert v.reason is not None
+        assert "kurtosis 2.8" in v.reason
+        assert "enroll a healthy baseline" in v.reason
+        assert 0.5 <= v.confidence <= 0.9
+    firm_ball = Verdict("ball", 0.9, None, 0.9)
+    assert reconcile(firm_ball, _evidence(-9, -9, kurtosis=6.0), LIBRARY) == firm_ball
+    assert reconcile(firm_ball, _evidence(-0.5, -9, kurtosis=2.8), LIBRARY) == firm_ball
+    assert reconcile(firm_ball, quiet, LIBRARY, enrolled=True) == firm_ball
+    assert reconcile(firm_ball, quiet, LIBRARY, absence=False) == firm_ball
+    # Impacts in the demodulation band only (window kurtosis Gaussian): not undamaged.
+    struck_band = replace(quiet, band_kurtosis=15.0)
+    assert reconcile(firm_ball, struck_band, LIBRARY) == firm_ball
+    calm_band = replace(quiet, band_kurtosis=2.0)
+    assert reconcile(firm_ball, calm_band, LIBRARY).code == "absence"
 
 
 def test_shifted_moves_every_threshold() -> None:
@@ -193,9 +195,7 @@ def test_held_out_classes_become_unknown_with_the_line_check(
 ) -> None:
     """Each fault class removed from the library: its windows are mostly `unknown` with
     the line check, and less often without it (v1 features, calibrated; guards at the
-    measured inner 0.97, outer 0.92, ball 0.77). The healthy fold is not here: healthy
-    windows are to be `normal` by absence, which this library without healthy signatures
-    does not reach yet (CWRU's ball signatures match them firmly: see EVALUATION.md)."""
+    measured inner 0.97, outer 0.92, ball 0.78)."""
     floor = {"inner_race": 0.95, "outer_race": 0.9, "ball": 0.75}
     with_lines = eval_cmd.Embedder(dataset, eval_cmd.Config("window", "none", ()))
     without = with_lines.variant(eval_cmd.Config("window", "none", (), lines=False))
@@ -209,6 +209,24 @@ def test_held_out_classes_become_unknown_with_the_line_check(
         )
         assert checked["unknown_rate"] >= floor[fold.name], (fold.name, checked["unknown_rate"])
         assert plain.summary()["unknown_rate"] < checked["unknown_rate"], fold.name
+
+
+def test_a_healthy_machine_held_out_of_the_library_reads_normal_by_absence(
+    dataset: eval_cmd.Dataset,
+) -> None:
+    """No healthy signature in the library at all: healthy windows are `normal` by
+    absence of damage. Measured 5 of 8 (the issue's target, 95 %, is missed: the other
+    three read unknown or outer race); without the line check, none."""
+    embedder = eval_cmd.Embedder(dataset, eval_cmd.Config("window", "none", ()))
+    (fold,) = ev.held_out_class_folds(dataset.info, classes=("normal",))
+    vectors = embedder.vectors(fold.library)
+    checked = ev.run_fold(
+        fold, dataset.info, vectors, evidence=embedder.evidence(fold.library, fold.test)
+    ).summary()
+    plain = ev.run_fold(fold, dataset.info, vectors).summary()
+    assert checked["recall"]["normal"] >= 0.6
+    assert checked["codes"].get("absence", 0) >= 5
+    assert plain["recall"]["normal"] == 0.0
 
 
 def _mean_balanced(
@@ -233,25 +251,26 @@ def _mean_balanced(
 def test_line_check_lifts_lofso_past_the_target_without_costing_lolo(
     dataset: eval_cmd.Dataset,
 ) -> None:
-    """Regression guards on v1 features, nested line thresholds: LOFSO 0.743 with the
-    line check (retrieval alone 0.451), LOLO 0.905. Both miss the issue's targets (0.95 /
-    0.99): the transferable features gave up the rig's own spectral shape."""
+    """Regression guards on v1 features, nested line thresholds: LOFSO 0.766 with the
+    line check and absence (retrieval alone 0.451), LOLO 0.849. Both miss the issue's
+    targets (0.95 / 0.99): the transferable features gave up the rig's own spectral shape,
+    and ball damage without lines or impulsiveness reads normal by absence."""
     with_lines = eval_cmd.Embedder(dataset, eval_cmd.Config("window", "none", ()))
     without = with_lines.variant(eval_cmd.Config("window", "none", (), lines=False))
 
     lofso = ev.lofso_folds(dataset.info)
-    assert _mean_balanced(dataset, with_lines, lofso) >= 0.73
+    assert _mean_balanced(dataset, with_lines, lofso) >= 0.76
     assert _mean_balanced(dataset, without, lofso) < 0.6
-    assert _mean_balanced(dataset, with_lines, ev.lolo_folds(dataset.info)) >= 0.89
+    assert _mean_balanced(dataset, with_lines, ev.lolo_folds(dataset.info)) >= 0.84
 
 
 def test_lines_are_found_where_the_estimated_speed_puts_them(cwru_dir: Path) -> None:
     """No rpm given (an asset without a configured speed): the encoder estimates it from
-    each window: LOFSO 0.731 (v1 features), as with the manifest's speed."""
+    each window: LOFSO 0.780 (v1 features), as with the manifest's speed."""
     data = eval_cmd.load_dataset(cwru_dir, window_s=1.0, hop_s=0.5, estimate_rpm=True)
     assert all(w.rpm is None for w in data.windows)
     embedder = eval_cmd.Embedder(data, eval_cmd.Config("window", "none", ()))
-    assert _mean_balanced(data, embedder, ev.lofso_folds(data.info)) >= 0.72
+    assert _mean_balanced(data, embedder, ev.lofso_folds(data.info)) >= 0.77
 
 
 def test_the_pipeline_checks_lines_and_honours_the_threshold_shift(

@@ -35,7 +35,7 @@ from faultline.fault_library.recordings import read_recording
 
 log = logging.getLogger(__name__)
 
-CONDITION = {"97": "healthy", "108": "inner race", "133": "outer race", "121": "ball"}
+CONDITION = {"97": "healthy", "108": "inner race", "133": "outer race", "188": "ball"}
 
 
 def add_parser(sub: Any) -> None:
