@@ -23,12 +23,17 @@ from faultline.encoders.geometry import BearingGeometry
 
 __all__ = [
     "BAND_KURTOSIS_NAME",
+    "COMB",
+    "ENVELOPE",
+    "KURTOSIS_NAME",
+    "RAW",
     "TIME_STAT_NAMES",
     "FeatureParams",
     "band_kurtosis_feature",
     "band_profile",
     "characteristic_orders",
     "comb_correlation",
+    "line_name",
     "line_prominence",
     "order_profile",
     "order_profile_names",
@@ -37,9 +42,27 @@ __all__ = [
 
 F64 = npt.NDArray[np.float64]
 
-TIME_STAT_NAMES = ("log_kurtosis", "log_crest", "skewness", "log_rms", "log_peak_to_peak")
+# --- the feature-name contract ---------------------------------------------------------
+# Every name a feature vector's columns carry is spelled here, once: the encoder lays its
+# blocks out with these, the line check (fault_library/physics.py) and the evaluation's
+# ablations find their columns by them.
+KURTOSIS_NAME = "log_kurtosis"
+TIME_STAT_NAMES = (KURTOSIS_NAME, "log_crest", "skewness", "log_rms", "log_peak_to_peak")
 BAND_KURTOSIS_NAME = "log_band_kurtosis"
 """log10(1 + spectral kurtosis) of the demodulation band: 0 for Gaussian noise."""
+ENVELOPE = "env_"
+"""Prefix of what is read from the squared-envelope spectrum of the chosen band."""
+RAW = "raw_"
+"""Prefix of what is read from the raw (Hann amplitude) spectrum."""
+COMB = "comb_"
+"""Prefix of what is read from the spectrum's autocorrelation (the spectrum view's envelope
+stand-in)."""
+
+
+def line_name(prefix: str, line: str) -> str:
+    """The column of characteristic line ``line`` (``characteristic_orders``' names, e.g.
+    ``bpfo_2``) read from the spectrum ``prefix`` names (``ENVELOPE``, ``RAW``, ``COMB``)."""
+    return f"{prefix}{line}"
 
 
 @dataclass(frozen=True)

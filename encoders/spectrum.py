@@ -162,15 +162,15 @@ class SpectrumEncoder:
             return [
                 ("time", ft.TIME_STAT_NAMES[:3]),
                 ("impulse", (ft.BAND_KURTOSIS_NAME,)),
-                ("env_lines", tuple(f"env_{n}" for n in line_names)),
-                ("env_orders", tuple(f"env_{n}" for n in order_names)),
-                ("raw_lines", tuple(f"raw_{n}" for n in line_names)),
+                ("env_lines", tuple(ft.line_name(ft.ENVELOPE, n) for n in line_names)),
+                ("env_orders", tuple(ft.line_name(ft.ENVELOPE, n) for n in order_names)),
+                ("raw_lines", tuple(ft.line_name(ft.RAW, n) for n in line_names)),
             ]
         return [
-            ("raw_profile", tuple(f"raw_{n}" for n in profile_names)),
-            ("raw_lines", tuple(f"raw_{n}" for n in line_names)),
-            ("comb_lines", tuple(f"comb_{n}" for n in line_names)),
-            ("comb_orders", tuple(f"comb_{n}" for n in order_names)),
+            ("raw_profile", tuple(ft.line_name(ft.RAW, n) for n in profile_names)),
+            ("raw_lines", tuple(ft.line_name(ft.RAW, n) for n in line_names)),
+            ("comb_lines", tuple(ft.line_name(ft.COMB, n) for n in line_names)),
+            ("comb_orders", tuple(ft.line_name(ft.COMB, n) for n in order_names)),
         ]
 
     def feature_names(self, view: View) -> tuple[str, ...]:

@@ -48,13 +48,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from faultline.encoders import features as ft
 from faultline.fault_library.verdict import UNKNOWN, Verdict
 
 HEALTHY = "normal"
-KURTOSIS_FEATURE = "log_kurtosis"
+KURTOSIS_FEATURE = ft.KURTOSIS_NAME
 IMPULSIVE_KURTOSIS = 4.0
 """Above this a window is impulsive: something strikes (Gaussian noise reads 3)."""
-BAND_KURTOSIS_FEATURE = "log_band_kurtosis"
+BAND_KURTOSIS_FEATURE = ft.BAND_KURTOSIS_NAME
 IMPULSIVE_BAND_KURTOSIS = 10.0
 """Above this spectral kurtosis the demodulation band carries impacts even when the whole
 window's kurtosis does not show them (Gaussian noise reads 0). Set with the evaluation
@@ -106,9 +107,13 @@ DEFAULT_RULES: tuple[FamilyRule, ...] = (
         "outer_race",
         (
             # A fixed defect in the load zone: plain BPFO harmonics in the envelope ...
-            Indicator("envelope BPFO 1-3x", ("env_bpfo_1", "env_bpfo_2", "env_bpfo_3"), 16.0),
+            Indicator(
+                "envelope BPFO 1-3x",
+                tuple(ft.line_name(ft.ENVELOPE, f"bpfo_{k}") for k in (1, 2, 3)),
+                16.0,
+            ),
             # ... or, for a wider defect, discrete BPFO harmonics in the raw spectrum.
-            Indicator("raw BPFO 2x", ("raw_bpfo_2",), 20.0, decisive=False),
+            Indicator("raw BPFO 2x", (ft.line_name(ft.RAW, "bpfo_2"),), 20.0, decisive=False),
         ),
     ),
     FamilyRule(
@@ -116,7 +121,11 @@ DEFAULT_RULES: tuple[FamilyRule, ...] = (
         (
             # 2x BPFI is left out: on a 6205 it falls within 0.7 % of 3x BPFO. The raw
             # BPFI line is left out too: healthy CWRU recordings carry a shaft line there.
-            Indicator("envelope BPFI 1x, 3x", ("env_bpfi_1", "env_bpfi_3"), 15.0),
+            Indicator(
+                "envelope BPFI 1x, 3x",
+                tuple(ft.line_name(ft.ENVELOPE, f"bpfi_{k}") for k in (1, 3)),
+                15.0,
+            ),
         ),
     ),
 )

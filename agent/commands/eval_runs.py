@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import resample_poly
 
+from faultline.encoders import features as ft
 from faultline.encoders.dsp import magnitude_spectrum
 from faultline.encoders.features import characteristic_orders
 from faultline.encoders.geometry import bearing_preset
@@ -48,8 +49,8 @@ from faultline.fault_library.verdict import UNKNOWN, aggregate
 
 F32 = npt.NDArray[np.float32]
 SPLITS = ("lofso", "lolo", "cross-rate", "held-out-class")
-ENVELOPE_PREFIXES = ("env_",)
-ORDER_ENVELOPE_PREFIXES = ("env_", "comb_")
+ENVELOPE_PREFIXES = (ft.ENVELOPE,)
+ORDER_ENVELOPE_PREFIXES = (ft.ENVELOPE, ft.COMB)
 RATE_COPIES = (48000.0, 96000.0)
 POLICY = DecisionPolicy()  # the running agent's defaults: same thresholds as in production
 
