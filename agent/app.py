@@ -68,6 +68,20 @@ def limits_from_settings(settings: Settings) -> PayloadLimits:
     )
 
 
+def policy_from_settings(settings: Settings) -> DecisionPolicy:
+    """The decision's switches from the config: one mapping for ``run`` and ``diagnose``."""
+    verdict = settings.verdict
+    return DecisionPolicy(
+        top_k=settings.pipeline.top_k,
+        min_similarity=verdict.min_similarity,
+        min_confidence=verdict.min_confidence,
+        line_check=verdict.line_check,
+        line_shift_db=verdict.line_shift_db,
+        absence=verdict.absence,
+        quality_gate=verdict.quality_gate,
+    )
+
+
 def encoder_from_settings(settings: Settings) -> SpectrumEncoder:
     """The spectrum encoder; the shipped projection was trained for one (target_fs,
     window_s), so other values are a configuration error, reported as one."""
@@ -162,13 +176,7 @@ class Agent:
             library=lambda: self.library.current,
             on_diagnosis=self._publish_alert,
             on_failure=self._on_pipeline_failure,
-            policy=DecisionPolicy(
-                top_k=pipe.top_k,
-                min_similarity=settings.verdict.min_similarity,
-                min_confidence=settings.verdict.min_confidence,
-                line_check=settings.verdict.line_check,
-                line_shift_db=settings.verdict.line_shift_db,
-            ),
+            policy=policy_from_settings(settings),
             counters=self.counters,
             queue_size=pipe.queue_size,
             batch_max=pipe.batch_max,

@@ -300,6 +300,16 @@ class VerdictSettings(_Section):
         le=10,
         description="Move every line threshold by this many dB (positive: stricter).",
     )
+    absence: bool = Field(
+        default=True,
+        description="Call an unenrolled window with no defect line and no impulsiveness "
+        "'normal' (judged by absence of damage, whatever retrieval said).",
+    )
+    quality_gate: bool = Field(
+        default=True,
+        description="Answer constant, clipped, tonal or dropped-out windows 'unknown' with "
+        "the quality code, never a fault class.",
+    )
 
 
 class GeometrySettings(_Section):

@@ -299,3 +299,25 @@ def test_secret_values_are_never_echoed(tmp_path: Path) -> None:
     text = str(load_error(path))
     assert "mqtt.password" in text
     assert "hunter2" not in text
+
+
+def test_decision_switches_reach_the_policy_from_yaml_and_device_variables(
+    tmp_path: Path,
+) -> None:
+    """The absence rule and the quality gate are config keys (balena device variables
+    reach them as FAULTLINE__VERDICT__*); both on by default."""
+    from faultline.agent.app import policy_from_settings
+
+    default = policy_from_settings(load_settings(None, env={}))
+    assert default.absence
+    assert default.quality_gate
+    path = write(tmp_path, "verdict:\n  absence: false\n")
+    env = {"FAULTLINE__VERDICT__QUALITY_GATE": "false"}
+    policy = policy_from_settings(load_settings(path, env=env))
+    assert not policy.absence
+    assert not policy.quality_gate
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, env={"FAULTLINE__VERDICT__ABSENCE": "sometimes"})
+    (problem,) = err.value.problems
+    assert problem.path == "verdict.absence"
+    assert problem.source == "environment variable FAULTLINE__VERDICT__ABSENCE"

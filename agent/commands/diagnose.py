@@ -8,11 +8,11 @@ import sys
 from collections import Counter
 from typing import Any
 
-from faultline.agent.app import default_library_root, encoder_from_settings
+from faultline.agent.app import default_library_root, encoder_from_settings, policy_from_settings
 from faultline.agent.commands.recording_args import add_recording_args, recording_from_args
 from faultline.agent.commands.run import settings_or_exit
 from faultline.agent.library_setup import load_or_build_library
-from faultline.fault_library.diagnosis import DecisionPolicy, diagnose_batch
+from faultline.fault_library.diagnosis import diagnose_batch
 from faultline.fault_library.recordings import RecordingError, iter_windows
 from faultline.fault_library.verdict import aggregate
 
@@ -55,13 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not windows:
         print(f"faultline: {args.path} is shorter than one {window_s} s window", file=sys.stderr)
         return 2
-    policy = DecisionPolicy(
-        top_k=settings.pipeline.top_k,
-        min_similarity=settings.verdict.min_similarity,
-        min_confidence=settings.verdict.min_confidence,
-        line_check=settings.verdict.line_check,
-        line_shift_db=settings.verdict.line_shift_db,
-    )
+    policy = policy_from_settings(settings)
     results = []
     for start in range(0, len(windows), 64):
         results += diagnose_batch(windows[start : start + 64], encoder, library, policy)
