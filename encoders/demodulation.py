@@ -38,6 +38,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
+from faultline.encoders.dsp import periodic_hann
+
 __all__ = [
     "BANDWIDTHS_HZ",
     "Bands",
@@ -170,13 +172,6 @@ def select_bands(spec: C128, n: int, fs: float, defect_hz: F64) -> Bands:
     return Bands(best_c, best_bw, best_k)
 
 
-@lru_cache(maxsize=16)
-def _hann_periodic(n: int) -> F64:
-    w: F64 = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
-    w.flags.writeable = False
-    return w
-
-
 def squared_envelope_spectra(spec: C128, n: int, fs: float, bands: Bands) -> tuple[F64, float]:
     """Squared-envelope amplitude spectra of each row demodulated in its own band.
 
@@ -198,6 +193,6 @@ def squared_envelope_spectra(spec: C128, n: int, fs: float, bands: Bands) -> tup
     z = sfft.ifft(shifted, axis=-1)
     power = z.real * z.real + z.imag * z.imag
     power -= power.mean(axis=-1, keepdims=True)
-    window = _hann_periodic(length)
+    window = periodic_hann(length)
     out: F64 = np.abs(sfft.rfft(power * window, axis=-1)) * (2.0 / window.sum())
     return out, df

@@ -32,6 +32,7 @@ __all__ = [
     "envelope_spectrum",
     "hann_spectra_from_rfft",
     "magnitude_spectrum",
+    "periodic_hann",
     "resample_to",
 ]
 
@@ -45,8 +46,9 @@ _MAX_RESAMPLE_DENOMINATOR = 1000
 
 
 @lru_cache(maxsize=16)
-def _hann(n: int) -> F64:
-    """Periodic Hann: its DFT is three taps, so the encoder can window after the FFT."""
+def periodic_hann(n: int) -> F64:
+    """Periodic Hann (read-only, cached): its DFT is three taps, so the encoder can window
+    after the FFT."""
     w: F64 = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
     w.flags.writeable = False
     return w
@@ -73,7 +75,7 @@ def amplitude_spectra(x: npt.ArrayLike, n_fft: int | None = None) -> F64:
     if n < 2:
         raise ValueError(f"need at least 2 samples for a spectrum, got n_fft={n}")
     seg = arr[..., :n]
-    w = _hann(seg.shape[-1])
+    w = periodic_hann(seg.shape[-1])
     spec = np.abs(sfft.rfft(seg * w, n=n, axis=-1))
     out: F64 = spec * _one_sided_scale(n, float(w.sum()))
     return out

@@ -47,6 +47,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
+from faultline.encoders.dsp import hann_spectra_from_rfft
+
 __all__ = [
     "CLIP_REL_TOL",
     "CLIP_SHARE",
@@ -367,20 +369,17 @@ def _tone_share(spec: C128, n: int) -> tuple[F64, I64]:
     The periodic Hann's DFT is (-1/4, 1/2, -1/4), so the window is applied to the spectrum;
     the DC bin is taken as 0 there, which is the same as removing the mean first.
     """
-    win = 0.5 * spec
-    pair = spec[:, :-2] + spec[:, 2:]
-    pair *= 0.25
-    win[:, 1:-1] -= pair
-    win[:, 1] += 0.25 * spec[:, 0]  # DC is 0 after mean removal
-    # Beyond either end of the one-sided range lie conjugates of bins inside it: bin -1 is
-    # conj(X[1]); bin K is conj(X[K-1]) for odd n, conj(X[K-2]) for even n.
-    win[:, 0] = -0.5 * spec[:, 1].real
-    right = spec[:, -1] if n % 2 else spec[:, -2]
-    win[:, -1] = 0.5 * spec[:, -1] - 0.25 * (spec[:, -2] + np.conj(right))
-    power: F64 = np.square(win.real)
-    power += np.square(win.imag)
+    without_mean = spec.copy()
+    without_mean[:, 0] = 0.0
+    amplitude = hann_spectra_from_rfft(without_mean, n)
+    # Amplitudes carry the one-sided factor 2 on every bin but DC and Nyquist; squared,
+    # that is 4x. Power counts those bins twice (positive and negative frequency), so the
+    # edge bins get the missing 2x back; the common scale cancels in the share.
+    power: F64 = np.square(amplitude)
+    power[:, 0] *= 2.0
+    if n % 2 == 0:
+        power[:, -1] *= 2.0
     n_bins = power.shape[1]
-    power[:, 1 : n - n // 2] *= 2.0  # one-sided: every bin but DC and Nyquist counts twice
     total = power.sum(axis=1)
     peak = np.argmax(power, axis=1)
     offsets = peak[:, None] + np.arange(-TONE_HALF_WIDTH_BINS, TONE_HALF_WIDTH_BINS + 1)

@@ -7,6 +7,7 @@ code, the library builder and the MQTT runtime share them without importing each
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,3 +55,14 @@ class SpectrumFrame:
 
 
 Measurement = Window | SpectrumFrame
+
+
+def shape_groups(items: Sequence[Measurement]) -> dict[tuple[float, int], list[int]]:
+    """Positions of ``items`` by shape: (rate, samples) for windows, (rate, n_fft) for
+    spectra. Everything vectorised over a batch (FFTs, the quality gate, the envelope
+    baseline) needs rows of one shape; groups keep the order items came in."""
+    groups: dict[tuple[float, int], list[int]] = {}
+    for i, item in enumerate(items):
+        size = len(item.samples) if isinstance(item, Window) else int(item.n_fft)
+        groups.setdefault((float(item.fs), size), []).append(i)
+    return groups

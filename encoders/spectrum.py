@@ -44,11 +44,11 @@ import numpy.typing as npt
 import scipy.fft as sfft
 
 from faultline.encoders import features as ft
-from faultline.encoders.demodulation import Bands, select_bands, squared_envelope_spectra
+from faultline.encoders.demodulation import select_bands, squared_envelope_spectra
 from faultline.encoders.dsp import hann_spectra_from_rfft
 from faultline.encoders.geometry import BearingGeometry, bearing_preset
 from faultline.encoders.projection import ProjectionError, ProjectionSet
-from faultline.encoders.signals import Measurement, SpectrumFrame, Window
+from faultline.encoders.signals import Measurement, SpectrumFrame, Window, shape_groups
 from faultline.encoders.speed import estimate_rpm, estimate_shaft_hz
 
 __all__ = ["MODEL_FAMILY", "ProjectionArg", "SpectrumEncoder", "View", "default_projection"]
@@ -63,6 +63,8 @@ MIN_SAMPLES = 256
 MIN_DURATION_S = 0.25
 """Shorter windows cannot resolve the shaft orders the features need (4 Hz bins)."""
 _RPM_CACHE_SIZE = 256
+_BPFI_COLUMN = ft.characteristic_orders(bearing_preset("6205"))[0].index("bpfi_1")
+"""Where BPFI (1x) sits among the characteristic orders: the same for every geometry."""
 
 # Typical spread (RMS about the mean, per element) of each block over CWRU windows of all
 # classes. Dividing by it puts blocks on one scale, so the weights in FeatureParams alone
@@ -275,14 +277,7 @@ class SpectrumEncoder:
         if any(self.view_of(item) != view for item in items):
             raise ValueError("all measurements in one encode call must share one view")
         out = np.empty((len(items), self.n_features(view)))
-        groups: dict[tuple[float, int], list[int]] = {}
-        for i, item in enumerate(items):
-            if isinstance(item, Window):
-                key = (float(item.fs), len(item.samples))
-            else:
-                key = (float(item.fs), int(item.n_fft))
-            groups.setdefault(key, []).append(i)
-        for idx in groups.values():
+        for idx in shape_groups(items).values():
             windows = [w for w in (items[i] for i in idx) if isinstance(w, Window)]
             frames = [f for f in (items[i] for i in idx) if isinstance(f, SpectrumFrame)]
             out[idx] = self._window_group(windows) if windows else self._spectrum_group(frames)
@@ -348,27 +343,18 @@ class SpectrumEncoder:
             rows.append(cache[geometry])
         return np.stack(rows)
 
-    def _window_group(self, items: Sequence[Window]) -> F64:
-        return self._window_stages(items)[0]
-
-    def window_bands(self, items: Sequence[Window]) -> Bands:
-        """The demodulation band each window (of one shape) chooses: for plots and reports."""
-        return self._window_stages(items)[1]
-
     def profile_windows(self, items: Sequence[Window]) -> dict[str, float]:
         """Seconds each stage of the window view took for ``items`` (one shape): what
         ``bench/encode.py`` prints, measured on the encoder's own sequence."""
         timings: dict[str, float] = {}
-        self._window_stages(items, timings)
+        self._window_group(items, timings)
         return timings
 
-    def _window_stages(
+    def _window_group(
         self, items: Sequence[Window], timings: dict[str, float] | None = None
-    ) -> tuple[F64, Bands]:
-        """Window features and the demodulation band each window chose.
-
-        ``timings``: when given, each stage's seconds are added under its name.
-        """
+    ) -> F64:
+        """Window features of equal-shaped windows; ``timings``, when given, gets each
+        stage's seconds added under its name."""
         clock = [time.perf_counter()]
 
         def lap(stage: str) -> None:
@@ -387,9 +373,8 @@ class SpectrumEncoder:
         lap("spectrum")
         shaft = self._rpms(items, mag, df) / 60.0
         orders = self._orders(items)
-        bpfi = np.array([(it.geometry or self.default_geometry).orders().bpfi for it in items])
         lap("speed")
-        bands = select_bands(spec, n, fs, bpfi * shaft)
+        bands = select_bands(spec, n, fs, orders[:, _BPFI_COLUMN] * shaft)
         lap("band selection")
         env, env_df = squared_envelope_spectra(spec, n, fs, bands)
         lap("demodulation")
@@ -405,7 +390,7 @@ class SpectrumEncoder:
             axis=1,
         )
         lap("features")
-        return feats, bands
+        return feats
 
     def _spectrum_group(self, items: Sequence[SpectrumFrame]) -> F64:
         p = self.params

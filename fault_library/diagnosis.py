@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 
 from faultline.encoders.quality import Quality, assess
-from faultline.encoders.signals import Measurement, Window
+from faultline.encoders.signals import Measurement, Window, shape_groups
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.baseline import Baseline, judge_against_baseline
 from faultline.fault_library.library import FaultLibrary, Neighbour
@@ -146,13 +146,12 @@ def quality_of(measurements: Sequence[Measurement]) -> list[Quality | None]:
     """The signal-quality verdict of each raw window (None for sensor spectra, whose
     samples we never see); windows of one shape are assessed as one batch."""
     out: list[Quality | None] = [None] * len(measurements)
-    groups: dict[tuple[float, int], list[int]] = {}
-    for i, item in enumerate(measurements):
-        if isinstance(item, Window):
-            groups.setdefault((float(item.fs), len(item.samples)), []).append(i)
-    for (fs, _), rows in groups.items():
-        block = np.stack([np.asarray(measurements[i].samples) for i in rows])  # type: ignore[union-attr]
-        for i, q in zip(rows, assess(block, fs), strict=True):
+    for (fs, _), rows in shape_groups(measurements).items():
+        windows = [(i, m) for i in rows if isinstance(m := measurements[i], Window)]
+        if not windows:  # sensor spectra: no samples to judge
+            continue
+        block = np.stack([np.asarray(w.samples) for _, w in windows])
+        for (i, _), q in zip(windows, assess(block, fs), strict=True):
             out[i] = q
     return out
 

@@ -230,7 +230,7 @@ class LineEvidenceReader:
         rows: npt.NDArray[np.float64],
     ) -> tuple[npt.NDArray[np.float64], list[str]]:
         """Per row: the largest margin over ``usable`` indicators and what it read."""
-        levels = np.stack([rows[:, cols].mean(axis=1) * 10.0 + self._offset for _, cols in usable])
+        levels = np.stack([_level_db(rows, cols, self._offset) for _, cols in usable])
         gaps = levels - np.array([ind.db for ind, _ in usable])[:, None]
         best = gaps.argmax(axis=0)
         margins: npt.NDArray[np.float64] = gaps[best, np.arange(rows.shape[0])]
@@ -240,6 +240,15 @@ class LineEvidenceReader:
             for r, b in enumerate(best.tolist())
         ]
         return margins, texts
+
+
+def _level_db(
+    rows: npt.NDArray[np.float64], cols: Sequence[int], offset_db: float
+) -> npt.NDArray[np.float64]:
+    """An indicator's level in dB above the floor from its feature columns: the mean of
+    ``line_prominence`` values, undoing its scaling ((dB - offset) / 10)."""
+    out: npt.NDArray[np.float64] = rows[:, list(cols)].mean(axis=1) * 10.0 + offset_db
+    return out
 
 
 def shifted(rules: Sequence[FamilyRule], db: float) -> tuple[FamilyRule, ...]:
@@ -361,9 +370,7 @@ def indicator_levels(
     if not all(f in where for f in indicator.features):
         return None
     rows = np.atleast_2d(np.asarray(features, dtype=np.float64))
-    cols = [where[f] for f in indicator.features]
-    out: npt.NDArray[np.float64] = rows[:, cols].mean(axis=1) * 10.0 + offset_db
-    return out
+    return _level_db(rows, [where[f] for f in indicator.features], offset_db)
 
 
 def fit_rules(

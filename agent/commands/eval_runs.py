@@ -27,7 +27,7 @@ from faultline.encoders.dsp import magnitude_spectrum
 from faultline.encoders.features import characteristic_orders
 from faultline.encoders.geometry import bearing_preset
 from faultline.encoders.quality import Quality
-from faultline.encoders.signals import Measurement, Window
+from faultline.encoders.signals import Measurement, Window, shape_groups
 from faultline.encoders.spectrum import SpectrumEncoder, View
 from faultline.fault_library import evaluation as ev
 from faultline.fault_library.catalog import read_manifest
@@ -86,10 +86,7 @@ class Dataset:
         names, _ = characteristic_orders(self.windows[0].geometry or bearing_preset("6205"))
         if self._baseline is None:
             out = np.zeros((len(self.windows), len(names)))
-            groups: dict[tuple[float, int], list[int]] = {}
-            for i, w in enumerate(self.windows):
-                groups.setdefault((w.fs, len(w.samples)), []).append(i)
-            for (fs, _), rows in groups.items():
+            for (fs, _), rows in shape_groups(self.windows).items():
                 for start in range(0, len(rows), 128):
                     part = rows[start : start + 128]
                     ws = [self.windows[i] for i in part]
