@@ -18,7 +18,8 @@ from types import FrameType
 
 from faultline.agent import __version__
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
-from faultline.agent.metrics import Counters, Sequence
+from faultline.agent.metrics import Counters
+from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
 from faultline.agent.pipeline import Diagnosis, Job, Pipeline
 from faultline.agent.settings import ConfigError, Settings
 from faultline.agent.settings_errors import ConfigProblem
@@ -28,6 +29,8 @@ from faultline.agent.transport.payloads import (
     ErrorRecord,
     PayloadError,
     PayloadLimits,
+    alert_message_id,
+    answered_key,
     decode_spectrum,
     decode_window,
     encode_alert,
@@ -103,6 +106,28 @@ def encoder_from_settings(settings: Settings) -> SpectrumEncoder:
         ) from None
 
 
+def outbox_from_settings(settings: Settings, on_fault: Callable[[str, str], None]) -> Outbox:
+    box = settings.outbox
+    return Outbox(
+        OutboxConfig(
+            path=settings.resolved_outbox_path() if box.enabled else None,
+            policies={
+                name: ClassPolicy(ttl_s=c.ttl_s, on_full=c.on_full)
+                for name, c in box.classes.items()
+            },
+            max_rows=box.max_rows,
+            max_bytes=box.max_bytes,
+            memory_max_rows=box.memory_max_rows,
+            replay_rate=box.replay_rate,
+            window=box.window,
+            commit_wait_s=box.commit_wait_ms / 1000.0,
+            synchronous=box.synchronous,
+            answered_retention_s=box.answered_retention_s,
+        ),
+        on_fault=on_fault,
+    )
+
+
 def transport_from_settings(
     settings: Settings,
     *,
@@ -110,6 +135,9 @@ def transport_from_settings(
     status_topic: str,
     status_online: Callable[[], dict[str, object]],
     on_message: Callable[[InboundMessage], None],
+    on_connection_change: Callable[[bool], None] | None = None,
+    on_published: Callable[[int, bool], None] | None = None,
+    manual_ack: bool = False,
 ) -> MqttTransport:
     mqtt = settings.mqtt
     return MqttTransport(
@@ -131,6 +159,9 @@ def transport_from_settings(
         status_topic=status_topic,
         status_online=status_online,
         on_message=on_message,
+        on_connection_change=on_connection_change,
+        on_published=on_published,
+        manual_ack=manual_ack,
     )
 
 
@@ -166,8 +197,9 @@ class Agent:
             else None
         )
         self._limits = limits_from_settings(settings)
-        self._alert_seq = Sequence()
-        self._error_seq = Sequence()
+        # Everything the agent says goes through the outbox; built before the transport,
+        # whose callbacks (PUBACK, link changes) it needs.
+        self.outbox = outbox_from_settings(settings, self._on_outbox_fault)
         self._started_at = time.time()
         self._stopped = threading.Event()
         pipe = settings.pipeline
@@ -189,10 +221,16 @@ class Agent:
             status_topic=self.topics.status,
             status_online=self._status_fields,
             on_message=self._on_message,
+            on_connection_change=self.outbox.link_changed,
+            on_published=self.outbox.published,
+            # A window is acknowledged only once its answer is durable (see _on_message).
+            manual_ack=True,
         )
+        self.outbox.attach(self._send)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
+        self.outbox.start()
         self.pipeline.start()
         self.transport.subscribe(self.topics.subscriptions(), qos=self.settings.mqtt.qos)
         self.transport.start()
@@ -215,7 +253,11 @@ class Agent:
             self.watcher.stop()
         left = self.pipeline.stop(self.settings.pipeline.drain_timeout_s)
         if left:
+            # Not acknowledged: the broker redelivers them at the next start.
             log.warning("%d queued windows were not processed before the drain bound", left)
+        waiting = self.outbox.stop(self.settings.pipeline.drain_timeout_s)
+        if waiting:
+            log.info("%d outgoing messages stay in the outbox for the next start", waiting)
         self.transport.stop()
         self.library.close()
         log.info("agent stopped; counters %s", json.dumps(self.counters.snapshot()))
@@ -233,22 +275,45 @@ class Agent:
 
     # -- intake (paho's network thread) ---------------------------------------------
     def _on_message(self, message: InboundMessage) -> None:
+        """Every inbound message is acknowledged to the broker only once what answers it (an
+        alert, or the error saying why not) is in the outbox: ``kill -9`` at any moment
+        loses no message the broker accepted, it is redelivered and answered then."""
+
+        def ack() -> None:
+            self.transport.ack(message)
+
         if message.topic in self.topics.commands:
+            ack()
             self._on_command(message)
             return
         self.counters.add("received")
         route = self.topics.classify(message.topic)
         if route is None:
-            self._reject(message.topic, None, "unexpected_topic", "no configured filter matches")
+            self._reject(
+                message.topic, None, "unexpected_topic", "no configured filter matches", ack=ack
+            )
             return
         kind, asset = route
         try:
             measurement = self._decode(kind, asset, message.payload)
         except PayloadError as exc:
-            self._reject(message.topic, asset, exc.code, exc.message)
+            self._reject(message.topic, asset, exc.code, exc.message, ack=ack)
             return
-        job = Job(measurement=measurement, topic=message.topic, received_at=message.received_at)
+        key = answered_key(kind, asset, measurement.ts)
+        if not self.outbox.claim(key, ack):
+            # Redelivered after a crash, or retained and seen again: answered once.
+            self.counters.add("duplicates")
+            return
+        job = Job(
+            measurement=measurement,
+            topic=message.topic,
+            received_at=message.received_at,
+            answers=key,
+            ack=ack,
+        )
         if not self.pipeline.submit(job):
+            # Not acknowledged: the broker keeps it for the next start.
+            self.outbox.release(key)
             self._reject(message.topic, asset, "shutting_down", "agent is stopping; not queued")
 
     def _decode(self, kind: str, asset: str, payload: bytes) -> Measurement:
@@ -303,9 +368,24 @@ class Agent:
         )
 
     # -- outputs ---------------------------------------------------------------------
+    def _send(
+        self, topic: str, payload: bytes, *, retain: bool, user_properties: dict[str, str]
+    ) -> int:
+        """How the outbox hands a message to the broker (QoS 1: PUBACK deletes it)."""
+        return self.transport.publish(
+            topic,
+            payload,
+            qos=1,
+            retain=retain,
+            user_properties=user_properties,
+            content_type="application/json",
+        )
+
     def _publish_alert(self, diagnosis: Diagnosis) -> None:
-        item = diagnosis.job.measurement
+        job = diagnosis.job
+        item = job.measurement
         rpm_source = str(item.meta.get("rpm_source", diagnosis.rpm_source))
+        key = job.answers or answered_key(diagnosis.view, item.asset, item.ts)
         record = AlertRecord(
             asset=item.asset,
             window_ts=item.ts,
@@ -316,8 +396,8 @@ class Agent:
             code=diagnosis.verdict.code,
             neighbours=[(n.id, n.label, n.score) for n in diagnosis.neighbours],
             latency_ms=diagnosis.latency_ms,
-            seq=0,  # numbered at send time, below
-            message_id=new_message_id(),
+            seq=0,  # numbered by the outbox, in the asset's stream
+            message_id=alert_message_id(self.client_id, key, diagnosis.library_version),
             rpm=diagnosis.rpm,
             rpm_source=rpm_source,
             library_version=diagnosis.library_version,
@@ -325,40 +405,79 @@ class Agent:
             input_kind=diagnosis.view,
             emitted_at=time.time(),
         )
-        topic = self.topics.alert(item.asset)
-        self._alert_seq.emit(
-            lambda seq: self.transport.publish(
-                topic, encode_alert(dataclasses.replace(record, seq=seq)), qos=1
-            )
+        self.outbox.put(
+            "alert",
+            item.asset,
+            self.topics.alert(item.asset),
+            lambda seq: encode_alert(dataclasses.replace(record, seq=seq)),
+            record.message_id,
+            answers=job.answers,
+            on_stored=job.ack,
         )
         self.counters.add("alerts")
         self.counters.add(f"alerts.{record.label}")
 
     def _on_pipeline_failure(self, job: Job, code: str, reason: str) -> None:
-        self._reject(job.topic, job.measurement.asset, code, reason)
+        self._reject(
+            job.topic, job.measurement.asset, code, reason, answers=job.answers, ack=job.ack
+        )
 
-    def _reject(self, topic: str, asset: str | None, code: str, reason: str) -> None:
+    def _reject(
+        self,
+        topic: str,
+        asset: str | None,
+        code: str,
+        reason: str,
+        *,
+        answers: str | None = None,
+        ack: Callable[[], None] | None = None,
+    ) -> None:
         """Count, log and publish a rejection where operators see it; keep serving."""
         self.counters.add("rejected")
         self.counters.add(f"rejected.{code}")
         log.warning("rejected message on %s (asset %s): %s: %s", topic, asset, code, reason)
+        self._publish_error(topic, asset, code, reason, answers=answers, ack=ack)
+
+    def _on_outbox_fault(self, code: str, reason: str) -> None:
+        """Evictions, expiries, a full or corrupt disk: on the errors topic and the status."""
+        self.counters.add(f"outbox.{code}")
+        self._publish_error("outbox", None, code, reason)
+        self.transport.publish_status()
+
+    def _publish_error(
+        self,
+        topic: str,
+        asset: str | None,
+        code: str,
+        reason: str,
+        *,
+        answers: str | None = None,
+        ack: Callable[[], None] | None = None,
+    ) -> None:
         record = ErrorRecord(
             topic=topic,
             asset=asset,
             code=code,
             reason=reason,
             ts=time.time(),
-            seq=0,  # numbered at send time, below
+            seq=0,  # numbered by the outbox
             agent_id=self.client_id,
+            message_id=new_message_id(),
         )
         try:
-            self._error_seq.emit(
-                lambda seq: self.transport.publish(
-                    self.topics.errors, encode_error(dataclasses.replace(record, seq=seq)), qos=1
-                )
+            self.outbox.put(
+                "error",
+                "agent",
+                self.topics.errors,
+                lambda seq: encode_error(dataclasses.replace(record, seq=seq)),
+                record.message_id,
+                answers=answers,
+                on_stored=ack,
             )
         except Exception:
-            log.exception("could not publish the rejection of %s", topic)
+            log.exception("could not queue the error report for %s", topic)
+            if ack is not None:
+                ack()
 
     def _status_fields(self) -> dict[str, object]:
         library = self.library.current
@@ -374,6 +493,7 @@ class Agent:
                 "index": {view: v.get("index") for view, v in views.items()},
             },
             "topics": {"alerts": self.topics.alert("+"), "errors": self.topics.errors},
+            "outbox": self.outbox.stats(),
         }
 
 

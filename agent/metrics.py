@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
 
 
 class Counters:
@@ -29,21 +28,3 @@ class Counters:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(sorted(self._counts.items()))
-
-
-class Sequence:
-    """Monotonically increasing sequence numbers: gaps on the wire reveal lost alerts.
-
-    ``emit`` numbers and sends under one lock, so with several workers the numbers still
-    leave in order (the send only queues into the MQTT client, so the lock is brief).
-    """
-
-    def __init__(self, start: int = 0) -> None:
-        self._lock = threading.Lock()
-        self._value = start
-
-    def emit(self, send: Callable[[int], None]) -> int:
-        with self._lock:
-            self._value += 1
-            send(self._value)
-            return self._value

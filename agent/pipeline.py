@@ -33,6 +33,8 @@ class Job:
     measurement: Measurement
     topic: str
     received_at: float  # time.monotonic() when the message left the socket
+    answers: str | None = None  # the measurement's key, for answering a redelivery once
+    ack: Callable[[], None] | None = None  # acknowledges the inbound message to the broker
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +201,8 @@ class Pipeline:
             )
             try:
                 self._on_diagnosis(diagnosis)
-            except Exception:
+            except Exception as exc:
                 log.exception("publishing the alert for %s failed", job.topic)
                 self._counters.add("publish_failures")
+                # Said on the errors topic, which also acknowledges the window.
+                self._on_failure(job, "publish_failed", f"{type(exc).__name__}: {exc}")

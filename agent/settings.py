@@ -98,7 +98,11 @@ class MqttSettings(_Section):
         default=0.5, gt=0, le=3600, description="First reconnect delay; doubles with jitter."
     )
     reconnect_max_s: float = Field(
-        default=30.0, gt=0, le=86400, description="Largest reconnect delay; >= reconnect_min_s."
+        default=2.0,
+        gt=0,
+        le=86400,
+        description="Largest reconnect delay; >= reconnect_min_s. Small, so the agent is back "
+        "within seconds of its broker (full jitter still spreads a fleet's returns).",
     )
     max_inflight: int = Field(default=20, ge=1, le=65535, description="QoS>0 messages in flight.")
     max_queued_messages: int = Field(
@@ -283,6 +287,88 @@ class LibrarySettings(_Section):
     )
 
 
+OnFullPolicy = Literal["drop_oldest", "reject_new"]
+
+
+class OutboxClassSettings(_Section):
+    ttl_s: float = Field(
+        gt=0, le=365 * 86400, description="How long a message may wait for the broker, s."
+    )
+    on_full: OnFullPolicy = Field(
+        description="When the outbox is full: drop_oldest (evict the oldest waiting message) "
+        "or reject_new (refuse this one)."
+    )
+
+
+def _default_classes() -> dict[str, OutboxClassSettings]:
+    return {
+        "alert": OutboxClassSettings(ttl_s=7 * 86400, on_full="drop_oldest"),
+        "report": OutboxClassSettings(ttl_s=7 * 86400, on_full="drop_oldest"),
+        "error": OutboxClassSettings(ttl_s=86400, on_full="drop_oldest"),
+        "metric": OutboxClassSettings(ttl_s=3600, on_full="drop_oldest"),
+    }
+
+
+OUTBOX_CLASSES = ("alert", "report", "error", "metric")
+
+
+class OutboxSettings(_Section):
+    enabled: bool = Field(
+        default=True,
+        description="Write every outgoing message to disk before sending it (false: memory "
+        "only, lost on restart).",
+    )
+    path: Path | None = Field(
+        default=None, description="Outbox file; unset: <data_dir>/outbox.sqlite."
+    )
+    max_rows: int = Field(default=200_000, ge=1, le=100_000_000, description="Most messages held.")
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=4096, le=1 << 40, description="Most payload bytes held."
+    )
+    memory_max_rows: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Messages held in memory while the disk cannot be written.",
+    )
+    replay_rate: float = Field(
+        default=1000.0,
+        ge=0,
+        le=1_000_000,
+        description="Backlog messages sent per second after an outage (0: unpaced).",
+    )
+    window: int = Field(
+        default=64, ge=1, le=10_000, description="Messages handed to MQTT and not yet acked."
+    )
+    commit_wait_ms: float = Field(
+        default=2.0, ge=0, le=1000, description="Group commit: wait this long for company, ms."
+    )
+    synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description="SQLite synchronous: full survives power cuts; normal only process crashes.",
+    )
+    answered_retention_s: float = Field(
+        default=7 * 86400,
+        ge=0,
+        le=365 * 86400,
+        description="How long an answered window is remembered to answer a redelivery once, s.",
+    )
+    classes: dict[str, OutboxClassSettings] = Field(
+        default_factory=_default_classes,
+        description="Per message class (alert, report, error, metric): ttl_s and on_full.",
+    )
+
+    @model_validator(mode="after")
+    def _known_classes(self) -> OutboxSettings:
+        unknown = sorted(set(self.classes) - set(OUTBOX_CLASSES))
+        if unknown:
+            raise KeyedValueError(
+                ("classes", unknown[0]), f"one of {', '.join(OUTBOX_CLASSES)}", unknown[0]
+            )
+        self.classes = {**_default_classes(), **self.classes}
+        return self
+
+
 class VerdictSettings(_Section):
     min_similarity: float = Field(
         default=0.5, ge=-1, le=1, description="Below this best similarity: unknown (novel)."
@@ -377,6 +463,9 @@ class Settings(_Section):
     verdict: VerdictSettings = Field(
         default_factory=VerdictSettings, description="When a verdict is unknown."
     )
+    outbox: OutboxSettings = Field(
+        default_factory=OutboxSettings, description="Store-and-forward of outgoing messages."
+    )
     assets: dict[AssetId, AssetSettings] = Field(
         default={},
         max_length=100_000,
@@ -423,6 +512,11 @@ class Settings(_Section):
         xdg = (os.environ if env is None else env).get("XDG_DATA_HOME", "")
         root = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
         return root / "faultline"
+
+    def resolved_outbox_path(self, env: Mapping[str, str] | None = None) -> Path:
+        if self.outbox.path is not None:
+            return self.outbox.path.expanduser()
+        return self.resolved_data_dir(env) / "outbox.sqlite"
 
     def resolved_library_path(self, env: Mapping[str, str] | None = None) -> Path:
         if self.library.path is not None:

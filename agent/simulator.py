@@ -25,7 +25,7 @@ from faultline.fault_library.recordings import Recording, iter_windows
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, bytes], None]
+Publish = Callable[[str, bytes], object]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def agent_settings(port: int, prefix: str, **env: str) -> Settings:
         "FAULTLINE__MQTT__RECONNECT_MIN_S": "0.1",
         "FAULTLINE__MQTT__RECONNECT_MAX_S": "1",
         "FAULTLINE__TOPICS__PREFIX": prefix,
+        # A state folder of its own (outbox, answered windows): nothing leaks between tests.
+        "FAULTLINE__DATA_DIR": tempfile.mkdtemp(prefix="faultline-agent-"),
     }
     base.update(env)
     return load_settings(None, env=base)

@@ -3,6 +3,8 @@ and refuses a corrupt version while the loaded one keeps serving (issue 4, item 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 import threading
@@ -119,7 +121,9 @@ def test_swap_under_load_answers_every_window_then_refuses_a_corrupt_version(
             lambda t, b: t.endswith("/errors") and b.get("code") == "unknown_command", timeout=20
         )
         assert "reload_library" in error["reason"]
-        sensor.publish(agent.topics.window("m"), encode_window_binary(windows[0]), qos=1)
+        # A new window (a repeated one would be answered once, by its first alert).
+        fresh = dataclasses.replace(windows[0], ts=windows[-1].ts + 60.0)
+        sensor.publish(agent.topics.window("m"), encode_window_binary(fresh), qos=1)
         late = collector.wait_for(lambda t, b: "/alerts/" in t, count=len(windows) + 1)
         assert sorted(late, key=lambda a: a[1]["seq"])[-1][1]["library_version"] == v2
         assert agent.counters.get("library_swaps") == 1

@@ -22,7 +22,7 @@ from tests.collector import Collector, sensor_client
 pytestmark = pytest.mark.slow
 
 
-def _agent_env(port: int, prefix: str, library_root: Path) -> dict[str, str]:
+def _agent_env(port: int, prefix: str, library_root: Path, data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE")}
     env.update(
         {
@@ -31,6 +31,7 @@ def _agent_env(port: int, prefix: str, library_root: Path) -> dict[str, str]:
             "FAULTLINE__TOPICS__PREFIX": prefix,
             "FAULTLINE__LIBRARY__PATH": str(library_root),
             "FAULTLINE__PIPELINE__DRAIN_TIMEOUT_S": "20",
+            "FAULTLINE__DATA_DIR": str(data_dir),
         }
     )
     return env
@@ -44,9 +45,10 @@ def test_signal_drains_publishes_offline_and_exits_zero(
     test_library: FaultLibrary,
     test_library_root: Path,
     unique_prefix: str,
+    tmp_path: Path,
 ) -> None:
     port = mosquitto_session.port  # type: ignore[attr-defined]
-    env = _agent_env(port, unique_prefix, test_library_root)
+    env = _agent_env(port, unique_prefix, test_library_root, tmp_path / "state")
     collector = Collector("127.0.0.1", port, [f"{unique_prefix}/#"])
     command = [sys.executable, "-m", "faultline.agent.cli", "run"]
     proc = subprocess.Popen(

@@ -42,7 +42,13 @@ def model_defaults(model: type[BaseModel]) -> dict[str, Any]:
         if isinstance(factory, type) and issubclass(factory, BaseModel):
             out[name] = model_defaults(factory)
         else:
-            out[name] = info.get_default(call_default_factory=True)
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, dict):  # e.g. outbox.classes: name -> a small model
+                default = {
+                    k: v.model_dump() if isinstance(v, BaseModel) else v
+                    for k, v in default.items()
+                }
+            out[name] = default
     return out
 
 

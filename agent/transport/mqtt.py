@@ -91,6 +91,7 @@ class MqttTransport:
         status_online: Callable[[], dict[str, object]],
         on_message: Callable[[InboundMessage], None],
         on_connection_change: Callable[[bool], None] | None = None,
+        on_published: Callable[[int, bool], None] | None = None,
         protocol: Literal["5", "3.1.1"] = "5",
         username: str | None = None,
         password: str | None = None,
@@ -121,6 +122,7 @@ class MqttTransport:
         self._status_online = status_online
         self._handler = on_message
         self._on_connection_change = on_connection_change
+        self._on_published = on_published
         self._keepalive_s = keepalive_s
         self._session_expiry_s = session_expiry_s
         self._clean_start = clean_start
@@ -232,11 +234,13 @@ class MqttTransport:
         retain: bool = False,
         user_properties: Mapping[str, str] | None = None,
         content_type: str | None = None,
-    ) -> None:
-        """Queue a message; QoS>0 survives a down link in memory (up to max_queued_messages).
+    ) -> int:
+        """Queue a message and return its packet id (``on_published`` reports its PUBACK).
 
-        QoS 0 on a down link is dropped and counted in ``publish_failures`` (MQTT semantics).
-        Raises PublishError only when the message cannot be queued at all.
+        QoS>0 survives a down link in paho's memory (up to max_queued_messages) and is
+        resent on reconnect; the outbox keeps the durable copy. QoS 0 on a down link is
+        dropped and counted in ``publish_failures`` (MQTT semantics). Raises PublishError
+        only when the message cannot be queued at all.
         """
         props = self._publish_properties(user_properties, content_type)
         try:
@@ -253,8 +257,9 @@ class MqttTransport:
         if info.rc == paho.MQTT_ERR_NO_CONN and qos == 0:
             self._count("publish_failures")
             log.debug("link down: QoS 0 message to %s dropped", topic)
-            return
+            return info.mid
         self._count("published")
+        return info.mid
 
     def publish_status(self) -> None:
         """Re-publish the retained online status (e.g. after the fault library changed)."""
@@ -499,15 +504,22 @@ class MqttTransport:
         self,
         _client: paho.Client,
         _userdata: Any,
-        _mid: int,
+        mid: int,
         reason_code: ReasonCode,
         _properties: Properties | None,
     ) -> None:
-        if reason_code.is_failure:
+        # Runs inside paho's outgoing-message lock: the callback must only queue the news.
+        ok = not reason_code.is_failure
+        if ok:
+            self._count("delivered")
+        else:
             self._count("publish_failures")
             log.warning("MQTT broker rejected a publish: %s", reason_code)
-        else:
-            self._count("delivered")
+        if self._on_published is not None:
+            try:
+                self._on_published(mid, ok)
+            except Exception:
+                log.exception("on_published(%d) handler failed", mid)
 
     def _on_subscribe(
         self,

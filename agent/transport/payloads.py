@@ -24,6 +24,7 @@ Outbound: windows and spectra (simulator), alerts (``faultline.alert/1``) and re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -45,6 +46,8 @@ __all__ = [
     "ErrorRecord",
     "PayloadError",
     "PayloadLimits",
+    "alert_message_id",
+    "answered_key",
     "decode_spectrum",
     "decode_window",
     "encode_alert",
@@ -356,6 +359,8 @@ class AlertRecord:
     """Why the answer is what it is, as a stable code (``Verdict.code``): ``novel``,
     ``ambiguous``, ``lines``, ``no_lines``, ``absence``, ``baseline`` or a signal-quality
     code (``constant``, ``clipped``, ``tone``, ``dropout``); null for a plain match."""
+    replay: bool = False
+    """True when the outbox sends it after an outage (it then also has ``replayed_at``)."""
 
 
 def encode_alert(rec: AlertRecord) -> bytes:
@@ -381,11 +386,28 @@ class ErrorRecord:
     ts: float
     seq: int
     agent_id: str
+    message_id: str = ""
+    replay: bool = False
 
 
 def encode_error(rec: ErrorRecord) -> bytes:
     body = {"schema": ERROR_SCHEMA, **vars(rec)}
     return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+
+
+def answered_key(kind: str, asset: str, window_ts: float) -> str:
+    """What an inbound measurement is, for answering a redelivered copy once."""
+    return f"{kind}|{asset}|{window_ts!r}"
+
+
+def alert_message_id(agent_id: str, key: str, library_version: str) -> str:
+    """An alert's id, derived from what it answers: a window redelivered after a crash (or
+    retained) yields the same id, so consumers can de-duplicate. UUID layout, version 8
+    (RFC 9562, custom), from a SHA-256 of gateway, measurement key and library version."""
+    digest = bytearray(hashlib.sha256(f"{agent_id}|{key}|{library_version}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x80
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(digest)))
 
 
 def new_message_id() -> str:
