@@ -4,7 +4,6 @@ and refuses a corrupt version while the loaded one keeps serving (issue 4, item 
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import shutil
 import threading

@@ -21,6 +21,8 @@ from faultline.agent.transport.payloads import (
     ErrorRecord,
     PayloadError,
     PayloadLimits,
+    alert_message_id,
+    answered_key,
     decode_spectrum,
     decode_window,
     encode_alert,
@@ -312,7 +314,7 @@ def test_alert_payload() -> None:
 
 def test_error_payload() -> None:
     rec = ErrorRecord(
-        "faultline/sensors/p1/window", "p1", "bad_fs", "fs 0 Hz is outside", TS, 7, "g"
+        "faultline/sensors/p1/window", "p1", "bad_fs", "fs 0 Hz is outside", TS, 7, "g", "id-1"
     )
     body = json.loads(encode_error(rec))
     assert body == {
@@ -324,7 +326,25 @@ def test_error_payload() -> None:
         "ts": TS,
         "seq": 7,
         "agent_id": "g",
+        "message_id": "id-1",
+        "replay": False,
     }
+
+
+def test_alert_ids_derive_from_what_they_answer() -> None:
+    key = answered_key("window", "p1", TS)
+    first = alert_message_id("gw-1", key, "v1")
+    # A redelivered window gives the same id; another gateway, window or library another.
+    assert alert_message_id("gw-1", answered_key("window", "p1", TS), "v1") == first
+    others = {
+        alert_message_id("gw-2", key, "v1"),
+        alert_message_id("gw-1", answered_key("window", "p1", TS + 0.5), "v1"),
+        alert_message_id("gw-1", answered_key("spectrum", "p1", TS), "v1"),
+        alert_message_id("gw-1", key, "v2"),
+    }
+    assert first not in others
+    assert len(others) == 4
+    assert uuid.UUID(first).version == 8
 
 
 def test_message_ids_are_unique_uuid7_and_time_sortable() -> None:

@@ -45,8 +45,7 @@ def model_defaults(model: type[BaseModel]) -> dict[str, Any]:
             default = info.get_default(call_default_factory=True)
             if isinstance(default, dict):  # e.g. outbox.classes: name -> a small model
                 default = {
-                    k: v.model_dump() if isinstance(v, BaseModel) else v
-                    for k, v in default.items()
+                    k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in default.items()
                 }
             out[name] = default
     return out

@@ -177,6 +177,11 @@ class MosquittoProcess:
         ]
         if self.persistence:
             lines.append(f"persistence_location {self.workdir}/")
+            # Mosquitto's default autosave (every 1800 s, or at a clean exit) loses what it
+            # acknowledged since the last save when it is killed. Measured (issue 10): five
+            # kill -9 restarts under 20 windows/s lost 342 of 1,200 windows at the default,
+            # none at 1 s.
+            lines.append("autosave_interval 1")
         if os.geteuid() == 0:
             # As root mosquitto would drop to user "mosquitto", who cannot write our temp dir.
             lines.append(f"user {getpass.getuser()}")
