@@ -1,0 +1,307 @@
+"""The outbox on its own: real SQLite files, a real broker, real paho acknowledgements."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
+from faultline.agent.outbox.backlog import Backlog, Entry
+from faultline.agent.transport.broker import MosquittoProcess
+from faultline.agent.transport.mqtt import MqttTransport
+from tests.collector import Collector
+
+POLICIES = {
+    "alert": ClassPolicy(ttl_s=3600, on_full="drop_oldest"),
+    "error": ClassPolicy(ttl_s=3600, on_full="reject_new"),
+}
+
+
+def _entry(order: int, cls: str = "alert", stream: str = "alert:a", size: int = 10) -> Entry:
+    return Entry(order, f"id-{order}", cls, stream, order, "t", False, float(order), 1e12, size)
+
+
+def _add(backlog: Backlog, entry: Entry) -> bool:
+    admission = backlog.admit(entry.cls, entry.size)
+    if admission.accepted:
+        backlog.add(entry)
+    return admission.accepted
+
+
+# ---------------------------------------------------------------- the pure backlog
+
+
+def test_backlog_keeps_stream_order_and_takes_streams_in_turn() -> None:
+    backlog = Backlog(POLICIES, max_rows=100, max_bytes=10_000)
+    for order, stream in enumerate(["alert:a", "alert:a", "alert:a", "alert:b"], start=1):
+        _add(backlog, _entry(order, stream=stream))
+    sent = []
+    while (entry := backlog.next_ready(0.0, replay_before=0.0, may_replay=True)) is not None:
+        sent.append(entry.order)
+    # b's only message does not wait behind a's backlog; a's leave in order.
+    assert sent == [1, 4, 2, 3]
+
+
+def test_backlog_paces_replays_without_letting_live_messages_overtake() -> None:
+    backlog = Backlog(POLICIES, max_rows=100, max_bytes=10_000)
+    _add(backlog, _entry(1, stream="alert:a"))  # created at 1.0: a replay
+    _add(backlog, _entry(5, stream="alert:a"))  # live, behind the replay
+    _add(backlog, _entry(6, stream="alert:b"))  # live, another stream
+    got = backlog.next_ready(0.0, replay_before=3.0, may_replay=False)
+    assert got is not None
+    assert got.order == 6
+    assert backlog.next_ready(0.0, replay_before=3.0, may_replay=False) is None
+    first = backlog.next_ready(0.0, replay_before=3.0, may_replay=True)
+    assert first is not None
+    assert first.order == 1
+
+
+def test_drop_oldest_evicts_own_class_first_and_never_what_is_in_flight() -> None:
+    backlog = Backlog(POLICIES, max_rows=3, max_bytes=10_000)
+    for order in (1, 2):
+        _add(backlog, _entry(order))
+    _add(backlog, _entry(3, cls="error", stream="error:agent"))
+    in_flight = backlog.next_ready(0.0, replay_before=0.0, may_replay=True)
+    assert in_flight is not None
+    assert in_flight.order == 1
+    admission = backlog.admit("alert", 10)
+    assert admission.accepted
+    assert [e.order for e in admission.evicted] == [2]
+    backlog.add(_entry(4))
+    # Full of an in-flight alert, an error and a new alert: the next alert evicts alert 4.
+    admission = backlog.admit("alert", 10)
+    assert [e.order for e in admission.evicted] == [4]
+
+
+def test_reject_new_refuses_and_ttl_expires_in_order() -> None:
+    backlog = Backlog(POLICIES, max_rows=2, max_bytes=10_000)
+    assert _add(backlog, _entry(1, cls="error", stream="error:agent"))
+    assert _add(backlog, _entry(2, cls="error", stream="error:agent"))
+    assert not _add(backlog, _entry(3, cls="error", stream="error:agent"))
+    assert backlog.rows == 2
+    short = Backlog(
+        {"alert": ClassPolicy(ttl_s=1, on_full="drop_oldest")}, max_rows=9, max_bytes=99
+    )
+    for order in (1, 2, 3):
+        entry = _entry(order)
+        entry.expires_at = float(order)
+        _add(short, entry)
+    assert [e.order for e in short.expire(2.0)] == [1, 2]
+    assert short.rows == 1
+
+
+# ---------------------------------------------------------------- the outbox, for real
+
+
+class _Link:
+    """A real transport and an outbox wired the way the agent wires them."""
+
+    def __init__(self, port: int, path: Path | None, **config: Any) -> None:
+        self.faults: list[tuple[str, str]] = []
+        self.outbox = Outbox(
+            OutboxConfig(path=path, policies=POLICIES, **config),
+            on_fault=lambda code, reason: self.faults.append((code, reason)),
+        )
+        self.transport = MqttTransport(
+            host="127.0.0.1",
+            port=port,
+            client_id=f"outbox-test-{uuid.uuid4().hex[:8]}",
+            status_topic=f"t/{uuid.uuid4().hex[:8]}/status",
+            status_online=dict,
+            on_message=lambda _m: None,
+            on_connection_change=self.outbox.link_changed,
+            on_published=self.outbox.published,
+            reconnect_min_s=0.1,
+            reconnect_max_s=0.5,
+        )
+        self.outbox.attach(
+            lambda topic, payload, *, retain, user_properties: self.transport.publish(
+                topic, payload, qos=1, retain=retain, user_properties=user_properties
+            )
+        )
+
+    def start(self) -> _Link:
+        self.outbox.start()
+        self.transport.start()
+        assert self.transport.wait_connected(10)
+        return self
+
+    def stop(self) -> int:
+        left = self.outbox.stop(5.0)
+        self.transport.stop()
+        return left
+
+
+def _put(outbox: Outbox, topic: str, n: int, asset: str = "a", first: int = 0) -> None:
+    for i in range(first, first + n):
+        outbox.put(
+            "alert",
+            asset,
+            topic,
+            lambda seq, i=i: json.dumps({"n": i, "seq": seq, "replay": False}).encode(),
+            f"{asset}-{i}",
+        )
+
+
+def _rows(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+
+@pytest.fixture
+def broker(mosquitto: MosquittoProcess) -> MosquittoProcess:
+    return mosquitto
+
+
+def test_every_message_is_delivered_numbered_and_then_deleted(
+    broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    topic = f"t/{uuid.uuid4().hex[:8]}/alerts/a"
+    collector = Collector("127.0.0.1", broker.port, [topic])
+    link = _Link(broker.port, tmp_path / "outbox.sqlite").start()
+    try:
+        _put(link.outbox, topic, 500)
+        got = collector.wait_for(lambda t, b: True, count=500, timeout=30)
+        assert [b["seq"] for _t, b in got] == list(range(1, 501))
+        assert [b["n"] for _t, b in got] == list(range(500))
+        deadline = time.monotonic() + 10
+        while link.outbox.stats()["depth"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = link.outbox.stats()
+        assert stats["depth"] == 0
+        assert stats["delivered"] == {"alert": 500}
+    finally:
+        assert link.stop() == 0
+        collector.close()
+    assert _rows(tmp_path / "outbox.sqlite") == 0  # PUBACKed messages leave the file
+
+
+def test_a_restart_replays_the_backlog_with_its_ids_and_numbers(
+    broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "outbox.sqlite"
+    topic = f"t/{uuid.uuid4().hex[:8]}/alerts/a"
+    # No broker link at all: what is accepted stays on disk when the process stops.
+    offline = Outbox(OutboxConfig(path=path, policies=POLICIES), on_fault=lambda *_a: None)
+    offline.start()
+    _put(offline, topic, 5)
+    assert offline.stop(1.0) == 5
+    assert _rows(path) == 5
+
+    collector = Collector("127.0.0.1", broker.port, [topic])
+    link = _Link(broker.port, path)
+    assert link.outbox.stats()["depth"] == 5
+    link.start()
+    try:
+        _put(link.outbox, topic, 2, first=5)  # new messages continue the numbers
+        got = collector.wait_for(lambda t, b: True, count=7, timeout=20)
+    finally:
+        link.stop()
+        collector.close()
+    bodies = [b for _t, b in got]
+    assert [b["seq"] for b in bodies] == list(range(1, 8))
+    assert [b["replay"] for b in bodies] == [True] * 5 + [False] * 2
+    assert all("replayed_at" in b for b in bodies[:5])
+
+
+def test_a_corrupt_outbox_is_moved_aside_reported_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    path.write_bytes(b"this is not a database, it is a dying SD card" * 100)
+    faults: list[tuple[str, str]] = []
+    outbox = Outbox(
+        OutboxConfig(path=path, policies=POLICIES), on_fault=lambda c, r: faults.append((c, r))
+    )
+    [(code, reason)] = faults
+    assert code == "outbox_corrupt"
+    [moved] = tmp_path.glob("outbox.sqlite.corrupt-*")
+    assert moved.read_bytes().startswith(b"this is not a database")
+    assert str(moved) in reason
+    outbox.start()
+    _put(outbox, "t/x", 3)
+    outbox.stop(1.0)
+    assert _rows(path) == 3  # the new file works
+
+
+def test_a_redelivered_window_is_answered_once(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(OutboxConfig(path=path, policies=POLICIES), on_fault=lambda *_a: None)
+    outbox.start()
+    acks: list[str] = []
+    stored = threading.Event()
+    assert outbox.claim("window|a|1.0", lambda: acks.append("first"))
+    # The copy redelivered while the first is being answered waits for that answer.
+    assert not outbox.claim("window|a|1.0", lambda: acks.append("redelivered"))
+    outbox.put(
+        "alert",
+        "a",
+        "t/a",
+        lambda seq: b"{}",
+        "alert-1",
+        answers="window|a|1.0",
+        on_stored=lambda: (acks.append("first"), stored.set()),
+    )
+    assert stored.wait(5)
+    assert sorted(acks) == ["first", "redelivered"]
+    outbox.stop(1.0)
+    # A new process remembers what was answered (the answers are in the same file).
+    again = Outbox(OutboxConfig(path=path, policies=POLICIES), on_fault=lambda *_a: None)
+    assert not again.claim("window|a|1.0", lambda: acks.append("after restart"))
+    assert acks[-1] == "after restart"
+    assert again.claim("window|a|2.0", lambda: None)
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[Any]:
+    """Lower this process's RLIMIT_FSIZE (a disk that is full), always restored."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def limit(size: int | None) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft if size is None else size, hard))
+
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_full_disk_is_survived_in_memory_reported_and_recovered(
+    broker: MosquittoProcess, tmp_path: Path, file_size_limit: Any
+) -> None:
+    path = tmp_path / "outbox.sqlite"
+    topic = f"t/{uuid.uuid4().hex[:8]}/alerts/a"
+    collector = Collector("127.0.0.1", broker.port, [topic])
+    link = _Link(broker.port, path, retry_s=0.2).start()
+    try:
+        _put(link.outbox, topic, 5)
+        collector.wait_for(lambda t, b: True, count=5, timeout=10)
+        size = sum(p.stat().st_size for p in tmp_path.glob("outbox.sqlite*"))
+        file_size_limit(size)  # no file may grow: the disk is full
+        _put(link.outbox, topic, 200, first=5, asset="a")
+        collector.wait_for(lambda t, b: True, count=205, timeout=20)
+        codes = [c for c, _r in link.faults]
+        assert "outbox_unwritable" in codes, link.faults
+        assert link.outbox.stats()["mode"] == "memory"
+        file_size_limit(None)  # space is back
+        deadline = time.monotonic() + 10
+        while link.outbox.stats()["mode"] != "disk" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert link.outbox.stats()["mode"] == "disk"
+        assert "outbox_recovered" in [c for c, _r in link.faults]
+        _put(link.outbox, topic, 5, first=205)
+        got = collector.wait_for(lambda t, b: True, count=210, timeout=10)
+    finally:
+        file_size_limit(None)
+        link.stop()
+        collector.close()
+    # Nothing lost, nothing numbered twice, in order.
+    assert [b["n"] for _t, b in got] == list(range(210))
+    assert [b["seq"] for _t, b in got] == list(range(1, 211))
