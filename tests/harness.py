@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -81,3 +84,95 @@ def start_agent(settings: Settings, library: FaultLibrary, encoder: SpectrumEnco
         raise AssertionError("agent did not connect to the test broker")
     time.sleep(0.2)  # subscriptions are sent right after CONNACK
     return agent
+
+
+def agent_process_env(
+    port: int, prefix: str, library_root: Path, data_dir: Path, **settings: str
+) -> dict[str, str]:
+    """The environment of a `faultline run` process under test: this machine's environment
+    without any FAULTLINE variable of its own, plus the broker, topics, library and state
+    folder, plus ``settings`` (``FAULTLINE__...`` names)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE")}
+    env.update(
+        {
+            "FAULTLINE__MQTT__HOST": "127.0.0.1",
+            "FAULTLINE__MQTT__PORT": str(port),
+            "FAULTLINE__MQTT__CLIENT_ID": f"agent-{prefix.replace('/', '-')}"[:60],
+            "FAULTLINE__TOPICS__PREFIX": prefix,
+            "FAULTLINE__LIBRARY__PATH": str(library_root),
+            "FAULTLINE__PIPELINE__DRAIN_TIMEOUT_S": "20",
+            "FAULTLINE__DATA_DIR": str(data_dir),
+        }
+    )
+    env.update(settings)
+    return env
+
+
+class AgentProcess:
+    """`faultline run` as a separate process, as on a gateway: started, killed, restarted.
+
+    Its output is copied to ``log_path`` by a thread of this process, not written by the
+    agent itself: a test may limit the agent's file sizes (a full disk) without its log
+    failing first, and a pipe nobody read would block it under a flood of warnings.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._copier: threading.Thread | None = None
+
+    def start(self) -> AgentProcess:
+        self.starts += 1
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "faultline.agent.cli", "run"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self._copier = threading.Thread(
+            target=self._copy, args=(self.proc, self.starts), daemon=True
+        )
+        self._copier.start()
+        return self
+
+    def _copy(self, proc: subprocess.Popen[bytes], start: int) -> None:
+        assert proc.stdout is not None
+        with self.log_path.open("ab") as log_file:
+            log_file.write(f"---- start {start} (pid {proc.pid})\n".encode())
+            for line in proc.stdout:
+                log_file.write(line)
+                log_file.flush()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill9(self) -> None:
+        """A crash or a power cut: no drain, no offline status, nothing flushed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM as balena sends it; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._copier is not None:
+            self._copier.join(10)
+        return int(self.proc.returncode)
+
+    def output(self, tail: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-tail:])

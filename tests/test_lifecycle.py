@@ -18,23 +18,9 @@ from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.library import FaultLibrary
 from faultline.fault_library.recordings import iter_windows, read_recording
 from tests.collector import Collector, sensor_client
+from tests.harness import agent_process_env
 
 pytestmark = pytest.mark.slow
-
-
-def _agent_env(port: int, prefix: str, library_root: Path, data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULTLINE")}
-    env.update(
-        {
-            "FAULTLINE__MQTT__PORT": str(port),
-            "FAULTLINE__MQTT__CLIENT_ID": f"agent-{uuid.uuid4().hex[:6]}",
-            "FAULTLINE__TOPICS__PREFIX": prefix,
-            "FAULTLINE__LIBRARY__PATH": str(library_root),
-            "FAULTLINE__PIPELINE__DRAIN_TIMEOUT_S": "20",
-            "FAULTLINE__DATA_DIR": str(data_dir),
-        }
-    )
-    return env
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -48,7 +34,13 @@ def test_signal_drains_publishes_offline_and_exits_zero(
     tmp_path: Path,
 ) -> None:
     port = mosquitto_session.port  # type: ignore[attr-defined]
-    env = _agent_env(port, unique_prefix, test_library_root, tmp_path / "state")
+    env = agent_process_env(
+        port,
+        unique_prefix,
+        test_library_root,
+        tmp_path / "state",
+        FAULTLINE__MQTT__CLIENT_ID=f"agent-{uuid.uuid4().hex[:6]}",
+    )
     collector = Collector("127.0.0.1", port, [f"{unique_prefix}/#"])
     command = [sys.executable, "-m", "faultline.agent.cli", "run"]
     proc = subprocess.Popen(

@@ -340,13 +340,18 @@ class Outbox:
         entries: list[tuple[Entry, _Pending]] = []
         dropped: list[Entry] = []
         stored_callbacks: list[Callable[[], None]] = []
+        numbered = False
         for item in pending:
             if item.msg_id in self._ids:
                 self._counts.duplicates += 1
                 if item.on_stored is not None:
                     stored_callbacks.append(item.on_stored)
                 continue
+            # A refused message still uses its number: the gap it leaves tells consumers
+            # that something of this stream was lost (and the announcement says why).
             seq = self._sequences.get(item.stream, 0) + 1
+            self._sequences[item.stream] = seq
+            numbered = True
             payload = item.build(seq)
             admission = self._backlog.admit(item.cls, len(payload))
             dropped.extend(admission.evicted)
@@ -356,7 +361,6 @@ class Outbox:
                 if item.on_stored is not None:
                     stored_callbacks.append(item.on_stored)
                 continue
-            self._sequences[item.stream] = seq
             self._order += 1
             policy = self._backlog.policy(item.cls)
             entry = Entry(
@@ -380,7 +384,7 @@ class Outbox:
             self._counts.add(self._unannounced["evicted"], victim.cls)
         deletes = [*self._deletes, *(v.rowid for v in dropped if v.rowid is not None)]
         self._deletes = []
-        if self._store is not None and (entries or deletes or now >= self._prune_at):
+        if self._store is not None and (entries or deletes or numbered or now >= self._prune_at):
             self._commit(entries, deletes, now)
         elif self._store is None:
             self._deletes = deletes
