@@ -7,6 +7,7 @@ answer); shutdown runs in reverse: stop intake, drain the pipeline, publish ``of
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import signal
@@ -297,7 +298,10 @@ class Agent:
         try:
             measurement = self._decode(kind, asset, message.payload)
         except PayloadError as exc:
-            self._reject(message.topic, asset, exc.code, exc.message, ack=ack)
+            # The error's id is derived from the payload: a copy redelivered after a crash
+            # is reported under the same id, so consumers count it once.
+            digest = hashlib.sha256(message.payload).hexdigest()[:32]
+            self._reject(message.topic, asset, exc.code, exc.message, ack=ack, about=digest)
             return
         key = answered_key(kind, asset, measurement.ts)
         if not self.outbox.claim(key, ack):
@@ -419,7 +423,13 @@ class Agent:
 
     def _on_pipeline_failure(self, job: Job, code: str, reason: str) -> None:
         self._reject(
-            job.topic, job.measurement.asset, code, reason, answers=job.answers, ack=job.ack
+            job.topic,
+            job.measurement.asset,
+            code,
+            reason,
+            answers=job.answers,
+            ack=job.ack,
+            about=job.answers,
         )
 
     def _reject(
@@ -431,17 +441,19 @@ class Agent:
         *,
         answers: str | None = None,
         ack: Callable[[], None] | None = None,
+        about: str | None = None,
     ) -> None:
         """Count, log and publish a rejection where operators see it; keep serving."""
         self.counters.add("rejected")
         self.counters.add(f"rejected.{code}")
         log.warning("rejected message on %s (asset %s): %s: %s", topic, asset, code, reason)
-        self._publish_error(topic, asset, code, reason, answers=answers, ack=ack)
+        self._publish_error(topic, asset, code, reason, answers=answers, ack=ack, about=about)
 
     def _on_outbox_fault(self, code: str, reason: str) -> None:
         """Evictions, expiries, a full or corrupt disk: on the errors topic and the status."""
         self.counters.add(f"outbox.{code}")
-        self._publish_error("outbox", None, code, reason)
+        # Essential: admitted even to a full outbox (the report of a loss must not be lost).
+        self._publish_error("outbox", None, code, reason, essential=True)
         self.transport.publish_status()
 
     def _publish_error(
@@ -453,7 +465,18 @@ class Agent:
         *,
         answers: str | None = None,
         ack: Callable[[], None] | None = None,
+        about: str | None = None,
+        essential: bool = False,
     ) -> None:
+        """``about``: what the error answers (a window's key, a payload's digest); its id is
+        derived from it (a redelivered copy yields the same id), else a fresh one."""
+        message_id = (
+            alert_message_id(
+                self.client_id, f"error|{topic}|{code}|{about}", self.library.current.version
+            )
+            if about is not None
+            else new_message_id()
+        )
         record = ErrorRecord(
             topic=topic,
             asset=asset,
@@ -462,7 +485,7 @@ class Agent:
             ts=time.time(),
             seq=0,  # numbered by the outbox
             agent_id=self.client_id,
-            message_id=new_message_id(),
+            message_id=message_id,
         )
         try:
             self.outbox.put(
@@ -473,6 +496,7 @@ class Agent:
                 record.message_id,
                 answers=answers,
                 on_stored=ack,
+                essential=essential,
             )
         except Exception:
             log.exception("could not queue the error report for %s", topic)

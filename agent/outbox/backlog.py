@@ -84,13 +84,20 @@ class Backlog:
         except KeyError:
             raise ValueError(f"no outbox policy for message class {cls!r}") from None
 
-    def admit(self, cls: str, size: int) -> Admission:
+    def admit(self, cls: str, size: int, *, essential: bool = False) -> Admission:
         """Reserve room for a ``size``-byte message of ``cls``, or say it cannot be had.
 
         Reserving comes before the write that makes the message durable, ``add`` after it
         (only then may it be sent). Evicted entries are removed here; the caller deletes
-        their rows and counts them.
+        their rows and counts them. An ``essential`` message (the outbox's own report of
+        what it evicted, expired or could not write) is admitted beyond the bounds: the
+        report of a loss must not be lost to the loss it reports. Its producer keeps it
+        rare (one per kind every few seconds).
         """
+        if essential:
+            self.rows += 1
+            self.bytes += size
+            return Admission(True, [])
         if size > self.max_bytes:
             return Admission(False, [])
         policy = self.policy(cls)

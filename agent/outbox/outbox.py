@@ -12,7 +12,11 @@ Two threads, chosen on purpose:
 
 When the file cannot be written (full or read-only disk, I/O error) the outbox keeps
 serving from memory (bounded by ``memory_max_rows``), reports the fault, and retries the
-disk every ``retry_s``; the rows held in memory are written as soon as it works again.
+disk every ``retry_s``; the rows held in memory are written as soon as it works again. The
+connection stays open meanwhile (a full disk still reads, so the backlog already on disk is
+still sent). A file that turns corrupt is moved aside; what could be read of its backlog is
+held in memory and written to the new file. A file that could not be opened at start-up is
+loaded when it first opens (its backlog replayed, its numbers continued).
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from faultline.agent.outbox.backlog import Backlog, ClassPolicy, Entry
-from faultline.agent.outbox.store import NewRow, OutboxStore, open_store, quarantine
+from faultline.agent.outbox.store import (
+    NewRow,
+    OpenedStore,
+    OutboxStore,
+    open_store,
+    quarantine,
+)
 
 __all__ = ["Outbox", "OutboxConfig", "Publisher"]
 
@@ -78,6 +88,7 @@ class _Pending:
     answers: str | None
     on_stored: Callable[[], None] | None
     created_at: float
+    essential: bool = False
 
 
 @dataclass
@@ -90,6 +101,7 @@ class _Counts:
     expired: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
     refused_by_broker: dict[str, int] = field(default_factory=dict)
+    unreadable: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     replayed: int = 0
     write_failures: int = 0
@@ -130,7 +142,10 @@ class Outbox:
             "evicted": {},
             "expired": {},
             "rejected": {},
+            "refused": {},
+            "unreadable": {},
         }
+        self._deferred_faults: list[tuple[str, str]] = []  # raised before start()
         self._last_announce = 0.0
         self._link_up = False
         self._link_up_at = float("inf")  # everything accepted before the link came up replays
@@ -160,6 +175,15 @@ class Outbox:
         except (sqlite3.Error, OSError) as exc:
             self._enter_memory_mode(f"cannot open {self.config.path}: {exc}")
             return
+        self._adopt(opened)
+
+    def _adopt(self, opened: OpenedStore) -> None:
+        """Use an opened file and take in what it holds.
+
+        At start-up memory is empty. When the file first opens later (it could not be
+        opened at start), numbers continue above both what the file and this run gave, and
+        the file's backlog is replayed after what this run holds in memory.
+        """
         self._store = opened.store
         if opened.quarantined is not None:
             self._quarantined.append(str(opened.quarantined))
@@ -169,11 +193,14 @@ class Outbox:
                 "(kept for recovery) and a new one started: messages in it were not replayed",
             )
         self._reader = opened.store.reader()
-        self._sequences = opened.store.sequences()
+        for stream, value in opened.store.sequences().items():
+            self._sequences[stream] = max(value, self._sequences.get(stream, 0))
         for key in opened.store.recent_answers(self.config.answered_keys):
             self._answered[key] = None
         loaded = 0
         for row in opened.store.rows():
+            if row.msg_id in self._ids:
+                continue
             self._order += 1
             entry = Entry(
                 order=self._order,
@@ -212,6 +239,10 @@ class Outbox:
             thread = threading.Thread(target=target, name=f"outbox-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        # Faults met while opening (a corrupt or unwritable file) had nobody to tell yet.
+        deferred, self._deferred_faults = self._deferred_faults, []
+        for code, reason in deferred:
+            self._fault(code, reason)
 
     def stop(self, timeout: float = 5.0) -> int:
         """Write what is queued, send what the link takes within ``timeout``, then end.
@@ -250,11 +281,13 @@ class Outbox:
         retain: bool = False,
         answers: str | None = None,
         on_stored: Callable[[], None] | None = None,
+        essential: bool = False,
     ) -> None:
         """Accept a message; ``build(seq)`` makes its payload once it is numbered.
 
         Returns at once. ``on_stored`` runs (on the writer thread) once the message is
         durable, or refused by policy, or held in memory while the disk is unavailable.
+        ``essential``: admitted beyond the bounds (reports of the outbox's own faults).
         """
         self._backlog.policy(cls)  # an unknown class is a programming error: fail here
         item = _Pending(
@@ -267,6 +300,7 @@ class Outbox:
             answers=answers,
             on_stored=on_stored,
             created_at=self._clock(),
+            essential=essential,
         )
         with self._cond:
             # Bounded: a writer far behind (a stalled disk) slows producers instead of
@@ -353,7 +387,7 @@ class Outbox:
             self._sequences[item.stream] = seq
             numbered = True
             payload = item.build(seq)
-            admission = self._backlog.admit(item.cls, len(payload))
+            admission = self._backlog.admit(item.cls, len(payload), essential=item.essential)
             dropped.extend(admission.evicted)
             if not admission.accepted:
                 self._counts.add(self._counts.rejected, item.cls)
@@ -384,12 +418,12 @@ class Outbox:
             self._counts.add(self._unannounced["evicted"], victim.cls)
         deletes = [*self._deletes, *(v.rowid for v in dropped if v.rowid is not None)]
         self._deletes = []
-        if self._store is not None and (entries or deletes or numbered or now >= self._prune_at):
-            self._commit(entries, deletes, now)
-        elif self._store is None:
+        if not self._writable:
             self._deletes = deletes
-            self._hold_in_memory(entries)
+            self._hold_in_memory([entry for entry, _item in entries])
             self._retry_disk()
+        elif entries or deletes or numbered or now >= self._prune_at:
+            self._commit(entries, deletes, now)
         for entry, item in entries:
             self._backlog.add(entry)
             self._counts.add(self._counts.accepted, entry.cls)
@@ -433,7 +467,7 @@ class Outbox:
             self._counts.write_failures += 1
             self._deletes = deletes + self._deletes
             self._disk_failed(exc)
-            self._hold_in_memory(entries)
+            self._hold_in_memory([entry for entry, _item in entries])
             return
         for (entry, _item), rowid in zip(entries, ids, strict=True):
             entry.rowid = rowid
@@ -442,10 +476,13 @@ class Outbox:
             else:
                 entry.payload = None  # read back from the file when its turn comes
 
-    def _hold_in_memory(self, entries: list[tuple[Entry, _Pending]]) -> None:
+    @property
+    def _writable(self) -> bool:
+        return self._store is not None and self._disk_fault is None
+
+    def _hold_in_memory(self, entries: list[Entry]) -> None:
         """Disk unavailable: keep entries in memory, evicting by policy beyond the cap."""
-        for entry, _item in entries:
-            self._memory.append(entry)
+        self._memory.extend(entries)
         while len(self._memory) > self.config.memory_max_rows:
             victim = self._memory.popleft()
             if victim.state != "waiting":
@@ -462,12 +499,12 @@ class Outbox:
         entry.payload = None
 
     def _disk_failed(self, exc: BaseException) -> None:
-        """A write failed: run from memory; the file is reopened (or replaced) on retry."""
+        """A write failed: run from memory and retry. The connection stays open (a full or
+        read-only disk still reads, so the backlog on disk is still sent); a corrupt file
+        is replaced at once."""
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc).lower():
             self._replace_corrupt_store(reason)
-        else:
-            self._close_store()
         self._enter_memory_mode(reason)
 
     def _close_store(self) -> None:
@@ -491,12 +528,56 @@ class Outbox:
             )
 
     def _replace_corrupt_store(self, reason: str) -> None:
+        """Move the corrupt file aside; what can still be read of its backlog is held in
+        memory (written to the new file at the next retry), and none of its row numbers is
+        used again: they would name other rows in the new file."""
         if self._store is None or self.config.path is None:
             return
+        detached: list[Entry] = []
+        for entry in self._backlog.waiting():
+            if entry.rowid is None:
+                continue
+            payload = entry.payload if entry.payload is not None else self._read_payload(entry)
+            self._detach(entry)
+            if payload is None:
+                self._lose_unreadable(entry)
+                continue
+            entry.payload = payload
+            detached.append(entry)
+        for entry in self._inflight.values():
+            self._detach(entry)
+        self._deletes = []
         self._close_store()
         moved = quarantine(self.config.path)
         self._quarantined.append(str(moved))
-        self._fault("outbox_corrupt", f"outbox became corrupt ({reason}); moved to {moved}")
+        self._hold_in_memory(detached)
+        self._fault(
+            "outbox_corrupt",
+            f"outbox became corrupt ({reason}); moved to {moved}; {len(detached)} waiting "
+            "messages read back are held in memory until a new file can be written",
+        )
+
+    def _detach(self, entry: Entry) -> None:
+        """The entry no longer has a row (its file is gone); keep the payload cache true."""
+        if entry.rowid is not None and entry.payload is not None:
+            self._payload_cache -= entry.size
+        entry.rowid = None
+
+    def _read_payload(self, entry: Entry) -> bytes | None:
+        if entry.rowid is None or self._reader is None:
+            return None
+        try:
+            return OutboxStore.payload(self._reader, entry.rowid)
+        except sqlite3.Error as exc:
+            log.error("outbox: cannot read message %s back: %s", entry.msg_id, exc)
+            return None
+
+    def _lose_unreadable(self, entry: Entry) -> None:
+        """A message whose row cannot be read back: gone, counted and announced."""
+        self._backlog.evict(entry)
+        self._forget(entry)
+        self._counts.add(self._counts.unreadable, entry.cls)
+        self._counts.add(self._unannounced["unreadable"], entry.cls)
 
     def _retry_disk(self) -> None:
         """Memory mode: every ``retry_s`` try to write the rows held in memory to disk."""
@@ -509,8 +590,9 @@ class Outbox:
             except (sqlite3.Error, OSError) as exc:
                 self._disk_fault = f"{type(exc).__name__}: {exc}"
                 return
-            self._store = opened.store
-            self._reader = opened.store.reader()
+            self._adopt(opened)
+        store = self._store
+        assert store is not None
         waiting = [e for e in self._memory if e.state == "waiting" and e.rowid is None]
         rows = [
             NewRow(
@@ -528,7 +610,7 @@ class Outbox:
             for e in waiting
         ]
         try:
-            ids = self._store.write(rows, self._deletes, self._sequences)
+            ids = store.write(rows, self._deletes, self._sequences)
         except (sqlite3.Error, OSError) as exc:
             self._counts.write_failures += 1
             self._disk_fault = f"{type(exc).__name__}: {exc}"
@@ -589,16 +671,11 @@ class Outbox:
 
     def _hand_over(self, entry: Entry, *, replay: bool) -> None:
         assert self._publish is not None
-        payload = entry.payload
-        if payload is None and entry.rowid is not None and self._reader is not None:
-            try:
-                payload = OutboxStore.payload(self._reader, entry.rowid)
-            except sqlite3.Error as exc:
-                log.error("outbox: cannot read message %s back: %s", entry.msg_id, exc)
+        payload = entry.payload if entry.payload is not None else self._read_payload(entry)
         if payload is None:
             with self._cond:
-                log.error("outbox: message %s has no payload; dropped", entry.msg_id)
-                self._finish(entry, delivered=False)
+                log.error("outbox: message %s cannot be read back; lost", entry.msg_id)
+                self._finish(entry, delivered=None)
             return
         if replay:
             payload = _mark_replay(payload, self._clock())
@@ -630,13 +707,22 @@ class Outbox:
             if entry is not None:
                 self._finish(entry, delivered=ok)
 
-    def _finish(self, entry: Entry, *, delivered: bool) -> None:
+    def _finish(self, entry: Entry, *, delivered: bool | None) -> None:
+        """An in-flight entry is done: acknowledged (True), refused by the broker (False),
+        or unreadable (None); the last two are announced as losses."""
         self._backlog.done(entry)
         self._forget(entry)
         if entry.rowid is not None:
             self._deletes.append(entry.rowid)
-        counts = self._counts.delivered if delivered else self._counts.refused_by_broker
-        self._counts.add(counts, entry.cls)
+        if delivered:
+            self._counts.add(self._counts.delivered, entry.cls)
+        else:
+            kind = "refused" if delivered is False else "unreadable"
+            table = (
+                self._counts.refused_by_broker if delivered is False else self._counts.unreadable
+            )
+            self._counts.add(table, entry.cls)
+            self._counts.add(self._unannounced[kind], entry.cls)
         self._cond.notify_all()
 
     # ------------------------------------------------------------------ expiry, reports
@@ -668,13 +754,20 @@ class Outbox:
                 "expired": "their time to live ran out before the broker could take them",
                 "rejected": "the outbox was full and the class policy is reject_new "
                 "(or the message alone exceeds max_bytes)",
+                "refused": "the broker refused them (PUBACK with an error reason code: "
+                "not authorised, quota, topic or payload invalid)",
+                "unreadable": "their rows could not be read back from the outbox file",
             }[what]
             self._fault(f"outbox_{what}", f"{total} messages {what} ({detail}): {why}")
             per_class.clear()
 
     def _fault(self, code: str, reason: str) -> None:
         # Reported through the caller's error path, which puts a message back into us:
-        # the writer thread may do so without waiting (see put).
+        # the writer thread may do so without waiting (see put). Before start() the
+        # caller's error path does not exist yet (we are being built): kept until then.
+        if not self._threads:
+            self._deferred_faults.append((code, reason))
+            return
         try:
             self._on_fault(code, reason)
         except Exception:
@@ -689,7 +782,7 @@ class Outbox:
                 oldest = inflight_oldest if oldest is None else min(oldest, inflight_oldest)
             c = self._counts
             return {
-                "mode": "memory" if self._store is None else "disk",
+                "mode": "disk" if self._writable else "memory",
                 "fault": self._disk_fault,
                 "depth": self._backlog.rows,
                 "bytes": self._backlog.bytes,
@@ -701,6 +794,7 @@ class Outbox:
                 "expired": dict(c.expired),
                 "rejected": dict(c.rejected),
                 "refused_by_broker": dict(c.refused_by_broker),
+                "unreadable": dict(c.unreadable),
                 "replayed": c.replayed,
                 "duplicates": c.duplicates,
                 "write_failures": c.write_failures,

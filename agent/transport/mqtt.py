@@ -422,12 +422,14 @@ class MqttTransport:
         )
         self._link_down.clear()
         self._link_up.set()
+        self._publish_online()
+        # Listeners hear of the link before anyone waiting in wait_connected() is released:
+        # what those waiters publish next is then live, not taken for a replay.
+        self._notify(True)
         if filters:
             self._send_subscribe(filters, track=True)
         else:
             self._ready.set()
-        self._publish_online()
-        self._notify(True)
 
     def _on_disconnect(
         self,
