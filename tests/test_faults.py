@@ -11,7 +11,10 @@ by message id, as a consumer is told to (docs/ARCHITECTURE.md, "Delivery semanti
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+import re
+import resource
 import threading
 import time
 import uuid
@@ -30,6 +33,7 @@ from faultline.fault_library.library import FaultLibrary
 from faultline.fault_library.recordings import iter_windows, read_recording
 from tests.collector import Collector
 from tests.harness import AgentProcess, agent_process_env
+from tests.netproxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +78,7 @@ class Sensors:
         self.base = base
         self.qos = qos
         self.produced: list[Produced] = []
+        self._sent = 0
         self._acked = 0
         self._lock = threading.Lock()
         self._client = mqtt.Client(
@@ -100,9 +105,10 @@ class Sensors:
         """``n`` windows, assets in turn, at ``rate`` per second (0: as fast as possible)."""
         assets = sorted(self.base)
         start = time.monotonic()
-        for i in range(n):
+        first, self._sent = self._sent, self._sent + n  # later calls continue the timestamps
+        for i in range(first, first + n):
             if rate > 0:
-                delay = start + i / rate - time.monotonic()
+                delay = start + (i - first) / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
             asset = assets[i % len(assets)]
@@ -333,3 +339,197 @@ def test_agent_killed_10_times_during_a_backlog_loses_nothing(
 
 def answered_assets(unique: dict[str, dict[str, Any]]) -> set[str]:
     return {b["asset"] for b in unique.values()}
+
+
+def _status_now(collector: Collector, sensors: Sensors, since: int) -> dict[str, Any] | None:
+    """The newest online status received after message number ``since``."""
+    with collector._cond:
+        later = collector.messages[since:]
+    found = [b for t, b in later if "/status/" in t and b.get("state") == "online"]
+    return found[-1] if found else None
+
+
+@pytest.mark.parametrize(
+    ("on_full", "ttl_s", "max_rows"),
+    [("drop_oldest", 3600, 150), ("reject_new", 3600, 150), ("drop_oldest", 3, 100_000)],
+    ids=["drop_oldest", "reject_new", "ttl"],
+)
+def test_a_long_partition_with_a_small_cap_is_accounted_for(
+    on_full: str,
+    ttl_s: int,
+    max_rows: int,
+    mosquitto: MosquittoProcess,
+    base_windows: dict[str, list[Window]],
+    agent_env: Any,
+    ledger_topics: list[str],
+    unique_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """Windows keep arriving while nothing the agent sends gets through (the uplink half
+    of its connection stalled by the proxy: a full cut would stop the windows too, since
+    they come through the same broker), with room for 150 messages or a 3 s time to live:
+    what cannot wait is evicted, refused or expires by the policy, and every alert is accounted for:
+    delivered + evicted + expired + rejected == produced."""
+    proxy = TcpProxy(mosquitto.port).start()
+    ledger = Collector("127.0.0.1", mosquitto.port, ledger_topics)
+    env = agent_env(
+        proxy.port,
+        tmp_path / "state",
+        FAULTLINE__OUTBOX__MAX_ROWS=str(max_rows),
+        FAULTLINE__OUTBOX__CLASSES__ALERT__ON_FULL=on_full,
+        FAULTLINE__OUTBOX__CLASSES__ALERT__TTL_S=str(ttl_s),
+    )
+    agent = AgentProcess(env, tmp_path / "agent.log")
+    # QoS 0 windows: a QoS 1 window waits for the agent's PUBACK, which the stall holds, so
+    # the broker would stop after its in-flight limit (20) and the cap would never fill.
+    sensors = Sensors(mosquitto.port, unique_prefix, base_windows, qos=0)
+    commands = f"{unique_prefix}/commands/all"
+    try:
+        agent.start()
+        wait_until(lambda: online_count(ledger) >= 1, 60, "the agent online")
+        sensors.publish(100, rate=50)
+        proxy.stall_upstream()
+        stalled_at = time.monotonic()
+        sensors.publish(500, rate=50)  # ten seconds of windows the agent answers into a cap
+        proxy.restore()
+        restored_at = time.monotonic()
+        sensors.publish(100, rate=50)
+        sensors.wait_acked(60)
+        produced = len(sensors.produced)
+
+        def accounted() -> tuple[int, dict[str, Any]]:
+            mark = len(ledger.messages)
+            sensors._client.publish(commands, json.dumps({"command": "status"}), qos=1)
+            wait_until(
+                lambda: _status_now(ledger, sensors, mark) is not None,
+                10,
+                f"a status after message {mark}\n{agent.output()}",
+            )
+            status = _status_now(ledger, sensors, mark)
+            assert status is not None
+            box = status["outbox"]
+            lost = sum(box[k].get("alert", 0) for k in ("evicted", "expired", "rejected"))
+            return len(alerts_by_id(ledger)[0]) + lost, box
+
+        try:
+            wait_until(lambda: accounted()[0] >= produced, 60, "every alert accounted for")
+        except AssertionError as exc:
+            total, box = accounted()
+            raise AssertionError(
+                f"{exc}: {total} of {produced}, outbox {box}, "
+                f"alerts {len(alerts_by_id(ledger)[0])}\n{agent.output()}"
+            ) from None
+        total, box = accounted()
+        counts = {k: box[k].get("alert", 0) for k in ("evicted", "expired", "rejected")}
+
+        def announced() -> dict[str, int]:
+            """What the errors topic said was lost, summed over its announcements."""
+            with ledger._cond:
+                errors = [m for t, m in ledger.messages if t.endswith("/errors")]
+            return {
+                what: sum(
+                    int(n)
+                    for m in errors
+                    if m["code"] == f"outbox_{what}"
+                    for n in re.findall(r"(\d+) alert", m["reason"])
+                )
+                for what in counts
+            }
+
+        # Each loss is announced on the errors topic (every few seconds), with its count.
+        wait_until(lambda: announced() == counts, 20, f"announcements of {counts}")
+    finally:
+        sensors.close()
+        exit_code = agent.stop()
+        ledger.close()
+        proxy.close()
+    unique, duplicates, _replays = alerts_by_id(ledger)
+    answered = {(b["asset"], b["window_ts"]) for b in unique.values()}
+    missing = [p for p in sensors.produced if (p.asset, p.ts) not in answered]
+    report(
+        f"partition {on_full} ttl {ttl_s}s",
+        produced=produced,
+        delivered=len(unique),
+        duplicates=duplicates,
+        **counts,
+        lost=produced - len(unique) - sum(counts.values()),
+    )
+    assert total == produced == len(unique) + sum(counts.values())
+    assert len(missing) == sum(counts.values())
+    assert all(stalled_at <= p.sent_at <= restored_at for p in missing)  # only the stall's
+    kept_in_stall = [
+        p
+        for p in sensors.produced
+        if stalled_at <= p.sent_at <= restored_at - 0.5 and (p.asset, p.ts) in answered
+    ]
+    if ttl_s < 10:
+        assert counts["expired"] > 0
+        assert counts["evicted"] == counts["rejected"] == 0
+    elif on_full == "drop_oldest":
+        assert counts["evicted"] > 0
+        assert counts["rejected"] == 0
+        # The newest were kept: the last window answered during the stall is delivered.
+        last_missing = max(p.sent_at for p in missing)
+        assert any(p.sent_at > last_missing for p in kept_in_stall)
+    else:
+        assert counts["rejected"] > 0
+        assert counts["evicted"] == 0
+        # The oldest were kept: nothing produced after the first refusal got in.
+        first_missing = min(p.sent_at for p in missing)
+        assert not any(p.sent_at > first_missing + 0.5 for p in kept_in_stall)
+    # A gap in each asset's numbers shows exactly what was lost.
+    assert_stream_order(unique, gaps_allowed=True)
+    for asset in answered_assets(unique):
+        seqs = sorted(b["seq"] for b in unique.values() if b["asset"] == asset)
+        lost_here = sum(1 for p in missing if p.asset == asset)
+        assert seqs[-1] - seqs[0] + 1 - len(seqs) == lost_here, asset
+    assert exit_code == 0, agent.output()
+
+
+def test_a_full_disk_is_reported_served_from_memory_and_recovered(
+    mosquitto: MosquittoProcess,
+    base_windows: dict[str, list[Window]],
+    agent_env: Any,
+    ledger_topics: list[str],
+    unique_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """The agent's files may not grow (RLIMIT_FSIZE on the running process, as a full disk):
+    no crash, outbox_unwritable on the errors topic, alerts still flow; space returns:
+    outbox_recovered, and no alert is missing."""
+    ledger = Collector("127.0.0.1", mosquitto.port, ledger_topics)
+    agent = AgentProcess(agent_env(mosquitto.port, tmp_path / "state"), tmp_path / "agent.log")
+    sensors = Sensors(mosquitto.port, unique_prefix, base_windows)
+
+    def errors(code: str) -> list[dict[str, Any]]:
+        return [m for t, m in ledger.messages if t.endswith("/errors") and m["code"] == code]
+
+    try:
+        agent.start()
+        wait_until(lambda: online_count(ledger) >= 1, 60, "the agent online")
+        sensors.publish(40, rate=50)
+        ledger.wait_for(lambda t, b: "/alerts/" in t, count=40, timeout=30)
+        limit = max(p.stat().st_size for p in (tmp_path / "state").glob("outbox.sqlite*"))
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.prlimit(agent.pid, resource.RLIMIT_FSIZE, (limit, hard))
+        sensors.publish(300, rate=50)
+        wait_until(lambda: errors("outbox_unwritable"), 30, "outbox_unwritable")
+        resource.prlimit(agent.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        wait_until(lambda: errors("outbox_recovered"), 30, "outbox_recovered")
+        sensors.publish(40, rate=50)
+        sensors.wait_acked(30)
+        wait_until(lambda: len(alerts_by_id(ledger)[0]) >= 380, 60, "every alert")
+    finally:
+        sensors.close()
+        exit_code = agent.stop()
+        ledger.close()
+    unique, duplicates, _ = alerts_by_id(ledger)
+    answered = {(b["asset"], b["window_ts"]) for b in unique.values()}
+    lost = [p for p in sensors.produced if (p.asset, p.ts) not in answered]
+    [unwritable] = errors("outbox_unwritable")
+    report("disk full", produced=380, delivered=len(unique), duplicates=duplicates, lost=len(lost))
+    print(f"  errors topic: {unwritable['reason']}")
+    assert not lost
+    assert "File too large" in unwritable["reason"] or "disk" in unwritable["reason"].lower()
+    assert_stream_order(unique, gaps_allowed=False)
+    assert exit_code == 0, agent.output()
