@@ -151,6 +151,24 @@ def alerts_by_id(collector: Collector) -> tuple[dict[str, dict[str, Any]], int, 
     return unique, duplicates, replays
 
 
+def outcome(
+    ledger: Collector, sensors: Sensors
+) -> tuple[dict[str, dict[str, Any]], int, int, list[Produced]]:
+    """Unique alerts, duplicates, replays, and the windows no alert answers."""
+    unique, duplicates, replays = alerts_by_id(ledger)
+    answered = {(b["asset"], b["window_ts"]) for b in unique.values()}
+    missing = [p for p in sensors.produced if (p.asset, p.ts) not in answered]
+    return unique, duplicates, replays, missing
+
+
+def shut_down(sensors: Sensors, agent: AgentProcess, ledger: Collector) -> int:
+    """Stop the sensors, the agent (SIGTERM) and the consumer; the agent's exit code."""
+    sensors.close()
+    exit_code = agent.stop()
+    ledger.close()
+    return exit_code
+
+
 def assert_stream_order(unique: dict[str, dict[str, Any]], *, gaps_allowed: bool) -> None:
     """Per asset, first copies arrive in sequence order; each number names one alert."""
     per_asset: dict[str, list[int]] = defaultdict(list)
@@ -240,13 +258,9 @@ def test_broker_killed_20_times_every_alert_arrives_in_order(
             lambda: len(alerts_by_id(ledger)[0]) >= n_windows, 180, "every alert, de-duplicated"
         )
     finally:
-        sensors.close()
-        exit_code = agent.stop()
-        ledger.close()
+        exit_code = shut_down(sensors, agent, ledger)
         broker.stop()
-    unique, duplicates, replays = alerts_by_id(ledger)
-    answered = {(b["asset"], b["window_ts"]) for b in unique.values()}
-    lost = [p for p in sensors.produced if (p.asset, p.ts) not in answered]
+    unique, duplicates, replays, lost = outcome(ledger, sensors)
     back_after = [
         t - r for r in restarts for t in [_first_online_after(ledger, r)] if t is not None
     ]
@@ -311,12 +325,8 @@ def test_agent_killed_10_times_during_a_backlog_loses_nothing(
             lambda: len(alerts_by_id(ledger)[0]) >= n_windows, 240, "every alert, de-duplicated"
         )
     finally:
-        sensors.close()
-        exit_code = agent.stop()
-        ledger.close()
-    unique, duplicates, replays = alerts_by_id(ledger)
-    answered = {(b["asset"], b["window_ts"]) for b in unique.values()}
-    lost = [p for p in sensors.produced if (p.asset, p.ts) not in answered]
+        exit_code = shut_down(sensors, agent, ledger)
+    unique, duplicates, replays, lost = outcome(ledger, sensors)
     report(
         "agent kill -9 x10",
         produced=n_windows,
@@ -439,13 +449,10 @@ def test_a_long_partition_with_a_small_cap_is_accounted_for(
         # Each loss is announced on the errors topic (every few seconds), with its count.
         wait_until(lambda: announced() == counts, 20, f"announcements of {counts}")
     finally:
-        sensors.close()
-        exit_code = agent.stop()
-        ledger.close()
+        exit_code = shut_down(sensors, agent, ledger)
         proxy.close()
-    unique, duplicates, _replays = alerts_by_id(ledger)
+    unique, duplicates, _replays, missing = outcome(ledger, sensors)
     answered = {(b["asset"], b["window_ts"]) for b in unique.values()}
-    missing = [p for p in sensors.produced if (p.asset, p.ts) not in answered]
     report(
         f"partition {on_full} ttl {ttl_s}s",
         produced=produced,
@@ -520,12 +527,8 @@ def test_a_full_disk_is_reported_served_from_memory_and_recovered(
         sensors.wait_acked(30)
         wait_until(lambda: len(alerts_by_id(ledger)[0]) >= 380, 60, "every alert")
     finally:
-        sensors.close()
-        exit_code = agent.stop()
-        ledger.close()
-    unique, duplicates, _ = alerts_by_id(ledger)
-    answered = {(b["asset"], b["window_ts"]) for b in unique.values()}
-    lost = [p for p in sensors.produced if (p.asset, p.ts) not in answered]
+        exit_code = shut_down(sensors, agent, ledger)
+    unique, duplicates, _replays, lost = outcome(ledger, sensors)
     [unwritable] = errors("outbox_unwritable")
     report("disk full", produced=380, delivered=len(unique), duplicates=duplicates, lost=len(lost))
     print(f"  errors topic: {unwritable['reason']}")

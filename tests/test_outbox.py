@@ -156,6 +156,14 @@ def _put(
         )
 
 
+def _leave_behind(path: Path, topic: str, n: int) -> None:
+    """A process with no broker link accepts ``n`` messages and stops: they stay on disk."""
+    offline = Outbox(OutboxConfig(path=path, policies=POLICIES), on_fault=lambda *_a: None)
+    offline.start()
+    _put(offline, topic, n)
+    assert offline.stop(1.0) == n
+
+
 def _rows(path: Path) -> int:
     """Messages in an outbox file; 0 while it does not exist yet (never creates one)."""
     try:
@@ -199,10 +207,7 @@ def test_a_restart_replays_the_backlog_with_its_ids_and_numbers(
     path = tmp_path / "outbox.sqlite"
     topic = f"t/{uuid.uuid4().hex[:8]}/alerts/a"
     # No broker link at all: what is accepted stays on disk when the process stops.
-    offline = Outbox(OutboxConfig(path=path, policies=POLICIES), on_fault=lambda *_a: None)
-    offline.start()
-    _put(offline, topic, 5)
-    assert offline.stop(1.0) == 5
+    _leave_behind(path, topic, 5)
     assert _rows(path) == 5
 
     collector = Collector("127.0.0.1", broker.port, [topic])
@@ -349,10 +354,7 @@ def test_a_backlog_on_a_full_disk_is_still_sent(
     """Rows already on disk are read back while writes fail (a full disk still reads)."""
     path = tmp_path / "outbox.sqlite"
     topic = f"t/{uuid.uuid4().hex[:8]}/alerts/a"
-    offline = Outbox(OutboxConfig(path=path, policies=POLICIES), on_fault=lambda *_a: None)
-    offline.start()
-    _put(offline, topic, 20)
-    assert offline.stop(1.0) == 20
+    _leave_behind(path, topic, 20)
     collector = Collector("127.0.0.1", broker.port, [topic])
     link = _Link(broker.port, path, retry_s=30.0, payload_cache_bytes=0)
     try:
