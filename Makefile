@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := agent encoders fault_library config models
 TYPECHECK_ROOT := .typecheck
 
-.PHONY: demo test check lint typecheck bench mosquitto clean
+.PHONY: demo test check lint typecheck bench bench-outbox mosquitto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/e2e.py --format binary
 	$(BIN)/python bench/e2e.py --format json
 	$(BIN)/python bench/encode.py
+	$(BIN)/python bench/outbox.py
+
+# The durable outbox's cost on its own (issue 10): on/off throughput, backlog replay, disk.
+bench-outbox: $(STAMP) mosquitto
+	$(BIN)/python bench/outbox.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TYPECHECK_ROOT) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
