@@ -253,9 +253,10 @@ def test_broker_killed_20_times_every_alert_arrives_in_order(
             restarts.append(time.monotonic())
         producer.join()
         sensors.wait_acked(120)
-        ledger.wait_for(lambda t, b: "/alerts/" in t, count=n_windows, timeout=180)
+        # Generous bounds: a loaded CI machine is slower, not lossier.
+        ledger.wait_for(lambda t, b: "/alerts/" in t, count=n_windows, timeout=300)
         wait_until(
-            lambda: len(alerts_by_id(ledger)[0]) >= n_windows, 180, "every alert, de-duplicated"
+            lambda: len(alerts_by_id(ledger)[0]) >= n_windows, 300, "every alert, de-duplicated"
         )
     finally:
         exit_code = shut_down(sensors, agent, ledger)

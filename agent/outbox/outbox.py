@@ -361,32 +361,83 @@ class Outbox:
                     self._cond.wait(0.25)
             if self._pending and self.config.commit_wait_s > 0:
                 time.sleep(self.config.commit_wait_s)  # group commit: let company arrive
+            self._write_now()
             with self._cond:
-                self._write_now()
                 self._expire()
                 self._announce_if_due()
 
     def _write_now(self) -> None:
-        """One group commit (called with the lock held)."""
-        pending, self._pending = self._pending, []
-        self._cond.notify_all()  # producers waiting for room
-        now = self._clock()
-        entries: list[tuple[Entry, _Pending]] = []
-        dropped: list[Entry] = []
-        stored_callbacks: list[Callable[[], None]] = []
-        numbered = False
-        for item in pending:
-            if item.msg_id in self._ids:
-                self._counts.duplicates += 1
+        """One group commit, by the writer thread (or by ``stop`` once it has ended).
+
+        The lock is held for bookkeeping only. Building payloads and the SQLite commit
+        with its fsync run outside it, so the MQTT thread's PUBACKs, the sender and the
+        producers never wait for the disk (measured before: the MQTT thread spent 27 % of
+        a replay waiting for the lock while the writer sat in COMMIT). Numbers are given
+        by this thread alone (``put`` only queues), which is what makes that safe.
+        """
+        with self._cond:
+            pending, self._pending = self._pending, []
+            self._cond.notify_all()  # producers waiting for room
+            numbered: list[tuple[_Pending, int]] = []
+            stored_callbacks: list[Callable[[], None]] = []
+            for item in pending:
+                if item.msg_id in self._ids:
+                    self._counts.duplicates += 1
+                    if item.on_stored is not None:
+                        stored_callbacks.append(item.on_stored)
+                    continue
+                # A refused message still uses its number: the gap it leaves tells
+                # consumers that something of this stream was lost (announced with why).
+                seq = self._sequences.get(item.stream, 0) + 1
+                self._sequences[item.stream] = seq
+                numbered.append((item, seq))
+        payloads = [item.build(seq) for item, seq in numbered]
+        with self._cond:
+            now = self._clock()
+            entries = self._admit(numbered, payloads, stored_callbacks)
+            deletes, self._deletes = self._deletes, []
+            if not self._writable:
+                self._deletes = deletes
+                self._hold_in_memory([entry for entry, _item in entries])
+                self._retry_disk()
+                write = None
+            elif entries or deletes or numbered or now >= self._prune_at:
+                write = self._prepare_commit(entries, deletes, now)
+            else:
+                write = None
+        if write is not None:
+            store, rows, sequences, prune = write
+            try:
+                ids: list[int | None] | BaseException = store.write(rows, deletes, sequences, prune)
+            except (sqlite3.Error, OSError) as exc:
+                ids = exc
+        with self._cond:
+            if write is not None:
+                self._committed(entries, deletes, ids)
+            for entry, item in entries:
+                self._backlog.add(entry)
+                self._counts.add(self._counts.accepted, entry.cls)
+                if item.answers is not None:
+                    self._answered[item.answers] = None
+                    stored_callbacks.extend(self._claims.pop(item.answers, ()))
                 if item.on_stored is not None:
                     stored_callbacks.append(item.on_stored)
-                continue
-            # A refused message still uses its number: the gap it leaves tells consumers
-            # that something of this stream was lost (and the announcement says why).
-            seq = self._sequences.get(item.stream, 0) + 1
-            self._sequences[item.stream] = seq
-            numbered = True
-            payload = item.build(seq)
+            while len(self._answered) > self.config.answered_keys:
+                self._answered.popitem(last=False)
+            self._cond.notify_all()
+        for callback in stored_callbacks:
+            _safely(callback)
+
+    def _admit(
+        self,
+        numbered: list[tuple[_Pending, int]],
+        payloads: list[bytes],
+        stored_callbacks: list[Callable[[], None]],
+    ) -> list[tuple[Entry, _Pending]]:
+        """Reserve room by each class's policy (called with the lock held)."""
+        entries: list[tuple[Entry, _Pending]] = []
+        dropped: list[Entry] = []
+        for (item, seq), payload in zip(numbered, payloads, strict=True):
             admission = self._backlog.admit(item.cls, len(payload), essential=item.essential)
             dropped.extend(admission.evicted)
             if not admission.accepted:
@@ -396,7 +447,6 @@ class Outbox:
                     stored_callbacks.append(item.on_stored)
                 continue
             self._order += 1
-            policy = self._backlog.policy(item.cls)
             entry = Entry(
                 order=self._order,
                 msg_id=item.msg_id,
@@ -406,7 +456,7 @@ class Outbox:
                 topic=item.topic,
                 retain=item.retain,
                 created_at=item.created_at,
-                expires_at=item.created_at + policy.ttl_s,
+                expires_at=item.created_at + self._backlog.policy(item.cls).ttl_s,
                 size=len(payload),
                 payload=payload,
             )
@@ -416,31 +466,14 @@ class Outbox:
             self._forget(victim)
             self._counts.add(self._counts.evicted, victim.cls)
             self._counts.add(self._unannounced["evicted"], victim.cls)
-        deletes = [*self._deletes, *(v.rowid for v in dropped if v.rowid is not None)]
-        self._deletes = []
-        if not self._writable:
-            self._deletes = deletes
-            self._hold_in_memory([entry for entry, _item in entries])
-            self._retry_disk()
-        elif entries or deletes or numbered or now >= self._prune_at:
-            self._commit(entries, deletes, now)
-        for entry, item in entries:
-            self._backlog.add(entry)
-            self._counts.add(self._counts.accepted, entry.cls)
-            if item.answers is not None:
-                self._answered[item.answers] = None
-                stored_callbacks.extend(self._claims.pop(item.answers, ()))
-            if item.on_stored is not None:
-                stored_callbacks.append(item.on_stored)
-        while len(self._answered) > self.config.answered_keys:
-            self._answered.popitem(last=False)
-        self._cond.notify_all()
-        for callback in stored_callbacks:
-            _safely(callback)
+            if victim.rowid is not None:
+                self._deletes.append(victim.rowid)
+        return entries
 
-    def _commit(
+    def _prepare_commit(
         self, entries: list[tuple[Entry, _Pending]], deletes: list[int], now: float
-    ) -> None:
+    ) -> tuple[OutboxStore, list[NewRow], dict[str, int], float | None]:
+        """What the commit writes, snapshotted under the lock."""
         assert self._store is not None
         rows = [
             NewRow(
@@ -461,12 +494,19 @@ class Outbox:
         if now >= self._prune_at:
             prune = now - self.config.answered_retention_s
             self._prune_at = now + _PRUNE_EVERY_S
-        try:
-            ids = self._store.write(rows, deletes, self._sequences, prune)
-        except (sqlite3.Error, OSError) as exc:
+        return self._store, rows, dict(self._sequences), prune
+
+    def _committed(
+        self,
+        entries: list[tuple[Entry, _Pending]],
+        deletes: list[int],
+        ids: list[int | None] | BaseException,
+    ) -> None:
+        """After the commit (lock held): rows known, or the disk failed and memory serves."""
+        if isinstance(ids, BaseException):
             self._counts.write_failures += 1
             self._deletes = deletes + self._deletes
-            self._disk_failed(exc)
+            self._disk_failed(ids)
             self._hold_in_memory([entry for entry, _item in entries])
             return
         for (entry, _item), rowid in zip(entries, ids, strict=True):
