@@ -332,10 +332,11 @@ class OutboxSettings(_Section):
         description="Messages held in memory while the disk cannot be written.",
     )
     replay_rate: float = Field(
-        default=1000.0,
+        default=2000.0,
         ge=0,
         le=1_000_000,
-        description="Backlog messages sent per second after an outage (0: unpaced).",
+        description="Backlog messages sent per second after an outage (0: unpaced; "
+        "measured 4,481/s unpaced on 2 cores, so 2,000 leaves room for live traffic).",
     )
     window: int = Field(
         default=64, ge=1, le=10_000, description="Messages handed to MQTT and not yet acked."

@@ -17,6 +17,7 @@ import pytest
 
 from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
 from faultline.agent.outbox.backlog import Backlog, Entry
+from faultline.agent.outbox.store import NewRow, open_store
 from faultline.agent.transport.broker import MosquittoProcess
 from faultline.agent.transport.mqtt import MqttTransport
 from tests.collector import Collector
@@ -449,3 +450,22 @@ def test_rows_of_a_file_that_turns_corrupt_are_kept_and_never_deleted_by_number(
     assert [b["seq"] for _t, b in got] == list(range(1, 11))
     assert _rows(path) == 0
     assert _rows(moved) == 5  # the old file is kept as it was, for an operator
+
+
+def test_a_drained_file_gives_its_space_back(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    store = open_store(path).store
+    rows = [
+        NewRow(f"id-{i}", "alert", "alert:a", i, "t", b"x" * 10_000, False, 0.0, 1e12, None)
+        for i in range(3000)
+    ]
+    ids = store.write(rows, [], {"alert:a": 3000})
+    store.write([], [i for i in ids if i is not None], {})
+    full = path.stat().st_size
+    while store.reclaim(keep_free_pages=0, at_most_pages=4096):
+        store.write([], [], {})  # a commit checkpoints the WAL back into the file
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    assert full > 30_000_000
+    assert path.stat().st_size < 1_000_000

