@@ -40,6 +40,7 @@ from faultline.agent.transport.payloads import (
 )
 from faultline.agent.transport.topics import Topics, build_topics
 from faultline.encoders.projection import ProjectionError
+from faultline.encoders.severity import DEFAULT_MACHINE_CLASS
 from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.diagnosis import DecisionPolicy
@@ -329,18 +330,35 @@ class Agent:
         return self._with_asset_defaults(decoded)
 
     def _with_asset_defaults(self, item: Measurement) -> Measurement:
-        """Fill rpm and bearing geometry from the asset's configuration when not sent."""
+        """Fill rpm and bearing geometry from the asset's configuration when not sent, and
+        say how its severity is judged (machine class, unit of the samples)."""
         asset_cfg = self.settings.assets.get(item.asset)
+        judged = self._severity_meta(item.asset)
         if asset_cfg is None:
-            return item
+            return dataclasses.replace(item, meta={**item.meta, **judged}) if judged else item
         changes: dict[str, object] = {}
+        if judged:
+            changes["meta"] = {**item.meta, **judged}
         if item.rpm is None and asset_cfg.rpm is not None:
             changes["rpm"] = asset_cfg.rpm
-            changes["meta"] = {**item.meta, "rpm_source": "asset"}
+            changes["meta"] = {**item.meta, **judged, "rpm_source": "asset"}
         geometry = asset_cfg.bearing_geometry()
         if item.geometry is None and geometry is not None:
             changes["geometry"] = geometry
         return dataclasses.replace(item, **changes) if changes else item  # type: ignore[arg-type]
+
+    def _severity_meta(self, asset: str) -> dict[str, object]:
+        """What diagnose_batch reads to judge severity, when it differs from its defaults."""
+        defaults = self.settings.severity
+        cfg = self.settings.assets.get(asset)
+        machine = (cfg.machine_class if cfg else None) or defaults.machine_class
+        unit = (cfg.accel_unit if cfg else None) or defaults.accel_unit
+        meta: dict[str, object] = {}
+        if machine != DEFAULT_MACHINE_CLASS:
+            meta["machine_class"] = machine
+        if unit != "g":
+            meta["accel_unit_m_s2"] = 1.0
+        return meta
 
     def _on_command(self, message: InboundMessage) -> None:
         """Operator commands: ``{"command": "reload_library"}`` or ``{"command": "status"}``."""
@@ -408,6 +426,7 @@ class Agent:
             agent_id=self.client_id,
             input_kind=diagnosis.view,
             emitted_at=time.time(),
+            severity=None if diagnosis.severity is None else diagnosis.severity.as_dict(),
         )
         self.outbox.put(
             "alert",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from faultline.agent.metrics import Counters
+from faultline.encoders.severity import Severity
 from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.diagnosis import DecisionPolicy, View, WindowResult, diagnose_batch
@@ -49,6 +50,7 @@ class Diagnosis:
     view: View
     library_version: str
     latency_ms: float
+    severity: Severity | None = None
 
 
 class Pipeline:
@@ -198,6 +200,7 @@ class Pipeline:
                 view=result.view,
                 library_version=library.version,
                 latency_ms=(now - job.received_at) * 1000.0,
+                severity=result.severity,
             )
             try:
                 self._on_diagnosis(diagnosis)

@@ -416,6 +416,24 @@ class GeometrySettings(_Section):
         return self
 
 
+MachineClass = Literal[
+    "group1_rigid", "group1_flexible", "group2_rigid", "group2_flexible", "class_I"
+]
+AccelUnit = Literal["g", "m/s2"]
+
+
+class SeveritySettings(_Section):
+    """Defaults for assets that do not say (ISO zones: encoders/severity.py)."""
+
+    machine_class: MachineClass = Field(
+        default="group2_rigid",
+        description="ISO zone table: group1_* (300 kW-50 MW), group2_* (15-300 kW), "
+        "*_rigid or *_flexible support (ISO 20816-3 Annex A), class_I (up to 15 kW, "
+        "ISO 10816-1 Annex B).",
+    )
+    accel_unit: AccelUnit = Field(default="g", description="Unit of the sensors' samples.")
+
+
 class AssetSettings(_Section):
     rpm: float | None = Field(
         default=None, gt=0, le=1_000_000, description="Shaft speed when messages carry none."
@@ -425,6 +443,12 @@ class AssetSettings(_Section):
         default=None, description="Bearing geometry; wins over bearing."
     )
     description: str = Field(default="", max_length=500, description="Free text for people.")
+    machine_class: MachineClass | None = Field(
+        default=None, description="ISO zone table for this asset; unset: severity.machine_class."
+    )
+    accel_unit: AccelUnit | None = Field(
+        default=None, description="Unit of this asset's samples; unset: severity.accel_unit."
+    )
 
     @field_validator("bearing")
     @classmethod
@@ -466,6 +490,9 @@ class Settings(_Section):
     )
     outbox: OutboxSettings = Field(
         default_factory=OutboxSettings, description="Store-and-forward of outgoing messages."
+    )
+    severity: SeveritySettings = Field(
+        default_factory=SeveritySettings, description="How severity is judged by default."
     )
     assets: dict[AssetId, AssetSettings] = Field(
         default={},

@@ -30,6 +30,14 @@ from typing import Literal
 import numpy as np
 
 from faultline.encoders.quality import Quality, assess
+from faultline.encoders.severity import (
+    DEFAULT_MACHINE_CLASS,
+    ZONE_TABLES,
+    G,
+    Severity,
+    severity_of,
+    velocity_rms_mm_s,
+)
 from faultline.encoders.signals import Measurement, Window, shape_groups
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.baseline import Baseline, judge_against_baseline
@@ -85,6 +93,8 @@ class WindowResult:
     rpm: float
     rpm_source: str
     view: View
+    severity: Severity | None = None
+    """How bad (velocity zone and damage stage); None for a sensor spectrum (no samples)."""
 
 
 def decide_window(
@@ -156,6 +166,44 @@ def quality_of(measurements: Sequence[Measurement]) -> list[Quality | None]:
     return out
 
 
+def velocities_of(measurements: Sequence[Measurement]) -> list[float | None]:
+    """Velocity RMS (mm/s, 10-1,000 Hz) of each raw window, one FFT per shape group.
+
+    The samples' unit comes from ``meta["accel_unit_m_s2"]`` (the runtime sets it from the
+    asset's settings); g when absent. None for sensor spectra.
+    """
+    out: list[float | None] = [None] * len(measurements)
+    for (fs, _), rows in shape_groups(measurements).items():
+        windows = [(i, m) for i in rows if isinstance(m := measurements[i], Window)]
+        if not windows:
+            continue
+        block = np.stack([np.asarray(w.samples) for _, w in windows])
+        per_g = velocity_rms_mm_s(block, fs)
+        for (i, w), v in zip(windows, per_g, strict=True):
+            unit = w.meta.get("accel_unit_m_s2")
+            scale = float(unit) / G if isinstance(unit, int | float) else 1.0
+            out[i] = float(v) * scale
+    return out
+
+
+def severity_for(
+    item: Measurement, velocity: float | None, evidence: LineEvidence | None
+) -> Severity | None:
+    """The window's severity: its velocity zone for the asset's machine class
+    (``meta["machine_class"]``, else the default) and the damage stage of its lines."""
+    if velocity is None:
+        return None
+    name = item.meta.get("machine_class")
+    table = ZONE_TABLES[
+        name if isinstance(name, str) and name in ZONE_TABLES else DEFAULT_MACHINE_CLASS
+    ]
+    # Decisive indicators only: a corroborating one (raw 2x BPFO) reaches its threshold on
+    # healthy CWRU windows and must not stage a healthy machine.
+    margins = {} if evidence is None else dict(evidence.decisive_margins)
+    kurtosis = None if evidence is None else evidence.kurtosis
+    return severity_of(velocity, table, margins, kurtosis=kurtosis)
+
+
 def diagnose_batch(
     measurements: Sequence[Measurement],
     encoder: SpectrumEncoder,
@@ -179,6 +227,7 @@ def diagnose_batch(
         else None
     )
     quality = quality_of(measurements) if policy.quality_gate else [None] * len(measurements)
+    velocities = velocities_of(measurements)
     known = library.labels(view)
     out: list[WindowResult] = []
     for row, (item, vector, neighbours) in enumerate(
@@ -199,5 +248,7 @@ def diagnose_batch(
             own=own,
         )
         rpm, rpm_source = encoder.describe_rpm(item)
-        out.append(WindowResult(verdict, neighbours, rpm, rpm_source, view))
+        row_evidence = None if evidence is None else evidence[row]
+        severity = severity_for(item, velocities[row], row_evidence)
+        out.append(WindowResult(verdict, neighbours, rpm, rpm_source, view, severity))
     return out

@@ -93,6 +93,12 @@ def test_replayed_cwru_windows_get_correct_alerts(
         line = {"inner_race": "BPFI", "outer_race": "BPFO"}.get(alert["label"])
         if line is not None:
             assert line in alert["evidence"], alert["evidence"]
+            # ... and says how bad: its lines stage the damage at 2 or more.
+            assert alert["severity"]["damage_stage"] >= 2, alert["severity"]
+        severity = alert["severity"]
+        assert severity["zone"] in {"A", "B", "C", "D"}
+        assert severity["velocity_rms_mm_s"] > 0
+        assert severity["machine_class"] == settings.severity.machine_class
         # The code names why: null for a plain match, else the reason's own prefix.
         if alert["reason"] is None:
             assert alert["code"] is None

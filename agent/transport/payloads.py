@@ -361,6 +361,9 @@ class AlertRecord:
     code (``constant``, ``clipped``, ``tone``, ``dropout``); null for a plain match."""
     replay: bool = False
     """True when the outbox sends it after an outage (it then also has ``replayed_at``)."""
+    severity: dict[str, object] | None = None
+    """How bad, computed by code (``encoders/severity.py``): velocity RMS and its ISO zone,
+    the damage stage of the defect lines; null for a sensor spectrum."""
 
 
 def encode_alert(rec: AlertRecord) -> bytes:
