@@ -22,6 +22,9 @@ from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
 from faultline.agent.metrics import Counters
 from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
 from faultline.agent.pipeline import Diagnosis, Job, Pipeline
+from faultline.agent.reports.facts import facts_from
+from faultline.agent.reports.worker import ReportPolicy, ReportWorker
+from faultline.agent.reports.writer import ModelFile, default_model
 from faultline.agent.settings import ConfigError, Settings
 from faultline.agent.settings_errors import ConfigProblem
 from faultline.agent.transport.mqtt import InboundMessage, MqttTransport
@@ -130,6 +133,44 @@ def outbox_from_settings(settings: Settings, on_fault: Callable[[str, str], None
     )
 
 
+def report_worker_from_settings(
+    settings: Settings,
+    *,
+    agent_id: str,
+    publish: Callable[[str, str, Callable[[int], bytes]], None],
+    on_mode_change: Callable[[], None] | None = None,
+) -> ReportWorker | None:
+    """The report worker the settings ask for (None: reports off)."""
+    cfg = settings.reports
+    if not cfg.enabled:
+        return None
+    model: Callable[[], ModelFile] | None = None
+    if cfg.llm:
+        path = cfg.model_path
+
+        def model() -> ModelFile:
+            if path is None:
+                return default_model()
+            return ModelFile(path.expanduser(), path.name, cfg.model_sha256)
+
+    return ReportWorker(
+        ReportPolicy(
+            min_interval_s=cfg.min_interval_s,
+            queue_size=cfg.queue_size,
+            threads=cfg.threads,
+            n_ctx=cfg.n_ctx,
+            max_tokens=cfg.max_tokens,
+            timeout_s=cfg.timeout_s,
+            temperature=cfg.temperature,
+            seed=cfg.seed,
+        ),
+        model=model,
+        publish=publish,
+        agent_id=agent_id,
+        on_mode_change=on_mode_change,
+    )
+
+
 def transport_from_settings(
     settings: Settings,
     *,
@@ -229,10 +270,18 @@ class Agent:
             manual_ack=True,
         )
         self.outbox.attach(self._send)
+        self.reports = report_worker_from_settings(
+            settings,
+            agent_id=self.client_id,
+            publish=self._publish_report,
+            on_mode_change=self.transport.publish_status,
+        )
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         self.outbox.start()
+        if self.reports is not None:
+            self.reports.start()
         self.pipeline.start()
         self.transport.subscribe(self.topics.subscriptions(), qos=self.settings.mqtt.qos)
         self.transport.start()
@@ -257,6 +306,12 @@ class Agent:
         if left:
             # Not acknowledged: the broker redelivers them at the next start.
             log.warning("%d queued windows were not processed before the drain bound", left)
+        if self.reports is not None:
+            # The report being written is finished (bounded by its timeout); queued ones
+            # are dropped: the next alert of each asset offers a report again.
+            unwritten = self.reports.stop(self.settings.reports.timeout_s + 5.0)
+            if unwritten:
+                log.info("%d queued reports not written at stop", unwritten)
         waiting = self.outbox.stop(self.settings.pipeline.drain_timeout_s)
         if waiting:
             log.info("%d outgoing messages stay in the outbox for the next start", waiting)
@@ -439,6 +494,28 @@ class Agent:
         )
         self.counters.add("alerts")
         self.counters.add(f"alerts.{record.label}")
+        if self.reports is not None:
+            facts = facts_from(
+                asset=item.asset,
+                window_ts=item.ts,
+                alert_id=record.message_id,
+                label=record.label,
+                confidence=record.confidence,
+                code=record.code,
+                reason=record.reason,
+                evidence_summary=record.evidence,
+                neighbours=list(record.neighbours),
+                lines=diagnosis.lines,
+                severity=diagnosis.severity,
+                rpm=diagnosis.rpm,
+                library_version=diagnosis.library_version,
+            )
+            report_id = alert_message_id(self.client_id, f"report|{key}", record.library_version)
+            self.reports.offer(facts, report_id)
+
+    def _publish_report(self, asset: str, message_id: str, build: Callable[[int], bytes]) -> None:
+        """Reports leave through the outbox like alerts (class ``report``, own stream)."""
+        self.outbox.put("report", asset, self.topics.report(asset), build, message_id)
 
     def _on_pipeline_failure(self, job: Job, code: str, reason: str) -> None:
         self._reject(
@@ -537,6 +614,7 @@ class Agent:
             },
             "topics": {"alerts": self.topics.alert("+"), "errors": self.topics.errors},
             "outbox": self.outbox.stats(),
+            "reports": None if self.reports is None else self.reports.status(),
         }
 
 

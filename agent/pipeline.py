@@ -22,6 +22,7 @@ from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.diagnosis import DecisionPolicy, View, WindowResult, diagnose_batch
 from faultline.fault_library.library import FaultLibrary, Neighbour
+from faultline.fault_library.physics import LineEvidence
 from faultline.fault_library.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Diagnosis:
     library_version: str
     latency_ms: float
     severity: Severity | None = None
+    lines: LineEvidence | None = None
 
 
 class Pipeline:
@@ -201,6 +203,7 @@ class Pipeline:
                 library_version=library.version,
                 latency_ms=(now - job.received_at) * 1000.0,
                 severity=result.severity,
+                lines=result.lines,
             )
             try:
                 self._on_diagnosis(diagnosis)

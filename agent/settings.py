@@ -422,6 +422,37 @@ MachineClass = Literal[
 AccelUnit = Literal["g", "m/s2"]
 
 
+class ReportSettings(_Section):
+    """Diagnostic reports written on the gateway (agent/reports/)."""
+
+    enabled: bool = Field(default=True, description="Publish reports on <prefix>/reports/<asset>.")
+    llm: bool = Field(
+        default=True, description="Let the local model write the prose (false: template only)."
+    )
+    model_path: Path | None = Field(
+        default=None, description="A GGUF file; unset: the default of models/llm.json."
+    )
+    model_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Pin for model_path (64 hex digits); the default model is pinned already.",
+    )
+    threads: int = Field(default=1, ge=1, le=64, description="llama.cpp threads.")
+    n_ctx: int = Field(default=1024, ge=256, le=32768, description="Context tokens.")
+    max_tokens: int = Field(default=320, ge=32, le=4096, description="Tokens per report.")
+    timeout_s: float = Field(default=30.0, gt=0, le=600, description="Wall-clock budget.")
+    temperature: float = Field(default=0.2, ge=0, le=2, description="Sampling temperature.")
+    seed: int = Field(default=7, ge=0, description="Sampling seed (reproducible reports).")
+    min_interval_s: float = Field(
+        default=600.0,
+        ge=0,
+        le=86400 * 7,
+        description="A new report per asset when its verdict or severity changes, or after "
+        "this long; never one per window.",
+    )
+    queue_size: int = Field(default=16, ge=1, le=10_000, description="Reports waiting.")
+
+
 class SeveritySettings(_Section):
     """Defaults for assets that do not say (ISO zones: encoders/severity.py)."""
 
@@ -493,6 +524,9 @@ class Settings(_Section):
     )
     severity: SeveritySettings = Field(
         default_factory=SeveritySettings, description="How severity is judged by default."
+    )
+    reports: ReportSettings = Field(
+        default_factory=ReportSettings, description="Diagnostic reports (local LLM)."
     )
     assets: dict[AssetId, AssetSettings] = Field(
         default={},

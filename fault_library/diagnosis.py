@@ -95,6 +95,8 @@ class WindowResult:
     view: View
     severity: Severity | None = None
     """How bad (velocity zone and damage stage); None for a sensor spectrum (no samples)."""
+    lines: LineEvidence | None = None
+    """The defect lines read for the line check (None when it is off): reports cite them."""
 
 
 def decide_window(
@@ -250,5 +252,5 @@ def diagnose_batch(
         rpm, rpm_source = encoder.describe_rpm(item)
         row_evidence = None if evidence is None else evidence[row]
         severity = severity_for(item, velocities[row], row_evidence)
-        out.append(WindowResult(verdict, neighbours, rpm, rpm_source, view, severity))
+        out.append(WindowResult(verdict, neighbours, rpm, rpm_source, view, severity, row_evidence))
     return out

@@ -71,6 +71,9 @@ def agent_settings(port: int, prefix: str, **env: str) -> Settings:
         "FAULTLINE__TOPICS__PREFIX": prefix,
         # A state folder of its own (outbox, answered windows): nothing leaks between tests.
         "FAULTLINE__DATA_DIR": tempfile.mkdtemp(prefix="faultline-agent-"),
+        # Template reports: the model would compete with the alert path for both cores;
+        # tests/test_reports.py runs the real model where it is the subject.
+        "FAULTLINE__REPORTS__LLM": "false",
     }
     base.update(env)
     return load_settings(None, env=base)
@@ -102,6 +105,7 @@ def agent_process_env(
             "FAULTLINE__LIBRARY__PATH": str(library_root),
             "FAULTLINE__PIPELINE__DRAIN_TIMEOUT_S": "20",
             "FAULTLINE__DATA_DIR": str(data_dir),
+            "FAULTLINE__REPORTS__LLM": "false",  # see agent_settings
         }
     )
     env.update(settings)

@@ -79,6 +79,9 @@ class Topics:
     def alert(self, asset: str) -> str:
         return f"{self.prefix}/alerts/{asset}"
 
+    def report(self, asset: str) -> str:
+        return f"{self.prefix}/reports/{asset}"
+
     @property
     def errors(self) -> str:
         return f"{self.prefix}/errors"
