@@ -264,7 +264,7 @@ class Agent:
             status_topic=self.topics.status,
             status_online=self._status_fields,
             on_message=self._on_message,
-            on_connection_change=self.outbox.link_changed,
+            on_connection_change=self._on_link_change,
             on_published=self.outbox.published,
             # A window is acknowledged only once its answer is durable (see _on_message).
             manual_ack=True,
@@ -544,6 +544,21 @@ class Agent:
         self.counters.add(f"rejected.{code}")
         log.warning("rejected message on %s (asset %s): %s: %s", topic, asset, code, reason)
         self._publish_error(topic, asset, code, reason, answers=answers, ack=ack, about=about)
+
+    def _on_link_change(self, up: bool) -> None:
+        self.outbox.link_changed(up)
+        if up and self.transport.session_lost:
+            # Said once per reconnect: windows the broker took while it had no session for
+            # us (between its restart and our subscribing again) were never queued for us.
+            self._reject(
+                "broker",
+                None,
+                "broker_session_lost",
+                f"the broker at {self.settings.mqtt.host}:{self.settings.mqtt.port} no longer "
+                "held this agent's session (restarted from an older save, or its store was "
+                "lost): windows published before the agent subscribed again were not queued "
+                "for it; give the broker persistence that saves promptly (autosave_interval 1)",
+            )
 
     def _on_outbox_fault(self, code: str, reason: str) -> None:
         """Evictions, expiries, a full or corrupt disk: on the errors topic and the status."""

@@ -197,6 +197,19 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def wait_while_progress(count: Any, target: int, *, idle_s: float, cap_s: float = 240) -> None:
+    """Wait until ``count()`` reaches ``target``, or stops growing for ``idle_s`` (then the
+    assertions after it report what is missing instead of a bare timeout)."""
+    last, last_change, start = count(), time.monotonic(), time.monotonic()
+    while last < target and time.monotonic() - last_change < idle_s:
+        if time.monotonic() - start > cap_s:
+            break
+        time.sleep(0.2)
+        now = count()
+        if now != last:
+            last, last_change = now, time.monotonic()
+
+
 def online_count(collector: Collector) -> int:
     return sum(1 for t, b in collector.messages if "/status/" in t and b.get("state") == "online")
 
@@ -240,24 +253,28 @@ def test_broker_killed_20_times_every_alert_arrives_in_order(
     sensors = Sensors(broker.port, unique_prefix, base_windows)
     n_windows, kills = 5000, 20
     restarts: list[float] = []
+    kills_at: list[float] = []
     try:
         agent.start()
         wait_until(lambda: online_count(ledger) >= 1, 60, "the agent online")
+        # Mosquitto saves at most every other second with autosave_interval 1 (it compares
+        # whole seconds): killed before that first save, it forgets the agent's fresh
+        # session, and windows sent before the agent subscribes again are not queued for it
+        # (seen: 60 of 5,000; the agent reports it as broker_session_lost, tested below).
+        time.sleep(2.5)
         producer = threading.Thread(target=sensors.publish, args=(n_windows,), kwargs={"rate": 100})
         producer.start()
         for _ in range(kills):
             time.sleep(rng.uniform(1.2, 2.4))
             broker.kill()
+            kills_at.append(time.monotonic())
             time.sleep(rng.uniform(0.05, 0.5))
             broker.start()
             restarts.append(time.monotonic())
         producer.join()
         sensors.wait_acked(120)
-        # Generous bounds: a loaded CI machine is slower, not lossier.
-        ledger.wait_for(lambda t, b: "/alerts/" in t, count=n_windows, timeout=300)
-        wait_until(
-            lambda: len(alerts_by_id(ledger)[0]) >= n_windows, 300, "every alert, de-duplicated"
-        )
+        # A loaded CI machine is slower, not lossier: wait while alerts still come in.
+        wait_while_progress(lambda: len(alerts_by_id(ledger)[0]), n_windows, idle_s=30)
     finally:
         exit_code = shut_down(sensors, agent, ledger)
         broker.stop()
@@ -275,7 +292,16 @@ def test_broker_killed_20_times_every_alert_arrives_in_order(
         agent_reconnected_after_s=f"median {sorted(back_after)[len(back_after) // 2]:.2f}, "
         f"max {max(back_after):.2f}",
     )
-    assert not lost, f"{len(lost)} windows never answered, e.g. {lost[:5]}\n{agent.output()}"
+    # Where a loss falls against the kills says whose it is: the broker's own (what it had
+    # acknowledged and not yet saved when killed) or the agent's.
+    before_kill = [
+        round(min((k - p.sent_at for k in kills_at if k >= p.sent_at), default=-1.0), 3)
+        for p in lost
+    ]
+    assert not lost, (
+        f"{len(lost)} windows never answered, e.g. {lost[:5]}; seconds before the next "
+        f"broker kill: {before_kill[:20]}\n{agent.output()}"
+    )
     assert len(unique) == n_windows  # one alert per window, whatever was resent
     assert_stream_order(unique, gaps_allowed=False)
     assert exit_code == 0, agent.output()
@@ -283,6 +309,41 @@ def test_broker_killed_20_times_every_alert_arrives_in_order(
     # not a 30 s one: every restart shows a fresh retained "online" status.
     assert len(back_after) == kills
     assert max(back_after) < 6.0
+
+
+def test_a_broker_that_forgot_the_session_is_reported(
+    agent_env: Any, ledger_topics: list[str], tmp_path: Path
+) -> None:
+    """The broker is killed before it ever saved the agent's session and restarts without
+    it: the agent cannot get back what was sent meanwhile, but it says so, on the errors
+    topic (and in its counters)."""
+    # Mosquitto's own default: a save every 1,800 s (and at a clean exit), so a kill -9
+    # restarts it from no save at all.
+    broker = MosquittoProcess(
+        persistence=True, autosave_interval_s=1800, workdir=tmp_path / "broker"
+    ).start()
+    first = Collector("127.0.0.1", broker.port, ledger_topics)
+    agent = AgentProcess(agent_env(broker.port, tmp_path / "state"), tmp_path / "agent.log")
+    try:
+        agent.start()
+        wait_until(lambda: online_count(first) >= 1, 60, "the agent online")
+        first.close()
+        broker.kill()  # the agent's session was never saved
+        broker.start()
+        # Subscribed within milliseconds; the agent's first reconnect waits at least
+        # mqtt.reconnect_min_s (0.5 s), so its report cannot pass before we listen.
+        ledger = Collector("127.0.0.1", broker.port, ledger_topics)
+        [(_t, error)] = ledger.wait_for(
+            lambda t, b: t.endswith("/errors") and b.get("code") == "broker_session_lost",
+            timeout=30,
+        )
+        ledger.close()
+    finally:
+        exit_code = agent.stop()
+        broker.stop()
+    assert "subscribed again" in error["reason"]
+    assert '"rejected.broker_session_lost": 1' in agent.output(), agent.output()
+    assert exit_code == 0, agent.output()
 
 
 def _first_online_after(collector: Collector, since: float) -> float | None:
@@ -322,9 +383,7 @@ def test_agent_killed_10_times_during_a_backlog_loses_nothing(
             agent.kill9()
             print(f"kill {kill + 1}: {len(alerts_by_id(ledger)[0])} unique alerts so far")
             agent.start()
-        wait_until(
-            lambda: len(alerts_by_id(ledger)[0]) >= n_windows, 240, "every alert, de-duplicated"
-        )
+        wait_while_progress(lambda: len(alerts_by_id(ledger)[0]), n_windows, idle_s=30)
     finally:
         exit_code = shut_down(sensors, agent, ledger)
     unique, duplicates, replays, lost = outcome(ledger, sensors)

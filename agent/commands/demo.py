@@ -100,6 +100,7 @@ class AlertPrinter:
         self.labels: dict[str, Counter[str]] = defaultdict(Counter)
         self.latencies: list[float] = []
         self.errors = 0
+        self.reports = 0
         self._lock = threading.Lock()
 
     def __call__(self, message: InboundMessage) -> None:
@@ -111,6 +112,16 @@ class AlertPrinter:
             if body.get("schema", "").startswith("faultline.error"):
                 self.errors += 1
                 print(f"  ERROR  {body.get('topic')}: {body.get('code')}: {body.get('reason')}")
+                return
+            if body.get("schema", "").startswith("faultline.report"):
+                self.reports += 1
+                severity = body.get("severity") or {}
+                print(
+                    f"  REPORT {body['asset']:<12} ({body['trigger']}, {body['generated_by']}"
+                    + (f", {body['fallback']}" if body.get("fallback") else "")
+                    + f") zone {severity.get('zone', '-')}, damage stage "
+                    f"{severity.get('damage_stage', '-')}: {body['narrative'][:160]}"
+                )
                 return
             if not body.get("schema", "").startswith("faultline.alert"):
                 return
@@ -133,7 +144,10 @@ class AlertPrinter:
             ordered = sorted(self.latencies)
             p50 = ordered[len(ordered) // 2]
             p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-            lines.append(f"  latency p50 {p50:.1f} ms, p99 {p99:.1f} ms, rejections {self.errors}")
+            lines.append(
+                f"  latency p50 {p50:.1f} ms, p99 {p99:.1f} ms, rejections {self.errors}, "
+                f"reports {self.reports}"
+            )
         return "\n".join(lines)
 
 
@@ -156,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         status_online=lambda: {"role": "demo viewer"},
         on_message=printer,
     )
-    viewer.subscribe([topics.alert("+"), topics.errors])
+    viewer.subscribe([topics.alert("+"), topics.report("+"), topics.errors])
     entries = {e.record_id: e for e in read_manifest(DEMO_DIR)}
     assets = [
         SimulatedAsset(

@@ -140,6 +140,7 @@ class MosquittoProcess:
         *,
         host: str = "127.0.0.1",
         persistence: bool = False,
+        autosave_interval_s: int = 1,
         binary: str | None = None,
         workdir: Path | None = None,
     ) -> None:
@@ -150,6 +151,7 @@ class MosquittoProcess:
         self.host = host
         self.port = port if port is not None else free_port()
         self.persistence = persistence
+        self.autosave_interval_s = autosave_interval_s
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="faultline-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +183,7 @@ class MosquittoProcess:
             # acknowledged since the last save when it is killed. Measured (issue 10): five
             # kill -9 restarts under 20 windows/s lost 342 of 1,200 windows at the default,
             # none at 1 s.
-            lines.append("autosave_interval 1")
+            lines.append(f"autosave_interval {self.autosave_interval_s}")
         if os.geteuid() == 0:
             # As root mosquitto would drop to user "mosquitto", who cannot write our temp dir.
             lines.append(f"user {getpass.getuser()}")

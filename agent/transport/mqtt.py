@@ -156,6 +156,7 @@ class MqttTransport:
         self._had_session = False  # a CONNACK was accepted before (clean start only once)
         self._session_ok = False  # this connection attempt got an accepted CONNACK
         self._session_present: bool | None = None
+        self._session_lost = False
         self._pending_sub_mid: int | None = None
         self._generation = 0  # connection count, to drop acks that belong to a dead link
         self._unacked: dict[int, int] = {}  # mid -> generation (manual_ack only)
@@ -197,6 +198,11 @@ class MqttTransport:
     def session_present(self) -> bool | None:
         """Broker's answer at the last accepted connect: did it still hold our session?"""
         return self._session_present
+
+    @property
+    def session_lost(self) -> bool:
+        """At the last connect the broker had forgotten the session it held for us."""
+        return self._session_lost
 
     @property
     def stats(self) -> dict[str, int]:
@@ -406,6 +412,11 @@ class MqttTransport:
             )
             return
         self._session_ok = True
+        # A broker that restarted from an old save (or lost its disk) no longer knows our
+        # subscriptions: what it accepted for us before we subscribed again is gone.
+        self._session_lost = (
+            self._had_session and not self._clean_start and not flags.session_present
+        )
         self._had_session = True
         self._session_present = bool(flags.session_present)
         with self._lock:

@@ -1,0 +1,219 @@
+"""What the report model costs (issue 11), measured in one run on this machine:
+
+1. **Tokens/s, the agent's report path vs bare llama-cpp-python**: the same GGUF, the same
+   prompt (the evidence of a real CWRU outer-race window, after the same system prompt and
+   chat template), the same grammar, thread count and seeds. The agent's path is
+   ``NarrativeWriter.write`` (its parse, whitespace folding and wall-clock check
+   included). Target: >= 0.9x.
+2. **Time to the first report after an alert**: a ``faultline run`` process with the model
+   on; the first window of an asset published, the alert and then the report awaited.
+3. **Alert latency with the model busy vs idle**: the same agent settings but
+   ``reports.min_interval_s 0`` (a report offered for every alert, so the worker never
+   rests) against ``reports.llm false``; windows paced at a fixed rate; p50/p99 of
+   publish -> alert. Target: busy p99 within 1.2x of idle.
+
+    python bench/llm.py [--threads 1] [--seeds 5] [--windows 300] [--rate 40]
+
+Retrieval quality for questions (the issue's fourth part) is not measured here yet: the
+question path does not exist yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.e2e import (
+    Sink,
+    add_window_args,
+    cwru_dir,
+    load_windows,
+    run_phase,
+    start_agent,
+    window_messages,
+)
+from faultline.agent.reports.facts import facts_from
+from faultline.agent.reports.writer import NarrativeWriter, default_model
+from faultline.agent.transport.broker import MosquittoProcess
+from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.fault_library.catalog import read_manifest
+from faultline.fault_library.diagnosis import DecisionPolicy, diagnose_batch
+from faultline.fault_library.library import open_current
+from faultline.fault_library.recordings import iter_windows, read_recording
+from tests.harness import build_test_library
+
+
+def evidence_text(cwru: Path, library_root: Path, encoder: SpectrumEncoder) -> str:
+    """The evidence the model is shown for a real outer-race window (record 133)."""
+    library = open_current(library_root, expected_model_id=encoder.model_id)
+    entry = next(e for e in read_manifest(cwru) if e.record_id == "133")
+    window = next(iter(iter_windows(read_recording(entry.path, fs=entry.fs, rpm=entry.rpm), "p")))
+    (result,) = diagnose_batch([window], encoder, library, DecisionPolicy())
+    facts = facts_from(
+        asset="pump-7",
+        window_ts=window.ts,
+        alert_id="bench",
+        label=result.verdict.label,
+        confidence=result.verdict.confidence,
+        code=result.verdict.code,
+        reason=result.verdict.reason,
+        evidence_summary=result.verdict.evidence,
+        neighbours=[(n.id, n.label, n.score) for n in result.neighbours],
+        lines=result.lines,
+        severity=result.severity,
+        rpm=result.rpm,
+        library_version=library.version,
+    )
+    library.close()
+    return facts.prompt_text()
+
+
+def tokens_per_s(threads: int, seeds: int, evidence: str) -> dict[str, float]:
+    """Bare llama-cpp-python and the agent's writer, same model, prompt, grammar, seeds."""
+    writer = NarrativeWriter(
+        default_model(),
+        threads=threads,
+        n_ctx=1024,
+        max_tokens=320,
+        timeout_s=600,
+        temperature=0.2,
+        seed=0,
+    )
+    llm = writer._llm  # the same loaded weights: only the path around them differs
+    prompt = writer._prompt(evidence)
+    bare_tokens = bare_seconds = agent_tokens = agent_seconds = 0.0
+    for seed in range(seeds):
+        # Alternate which goes first so the prompt cache favours neither side.
+        order = ("bare", "agent") if seed % 2 == 0 else ("agent", "bare")
+        for side in order:
+            if side == "bare":
+                started = time.perf_counter()
+                out: Any = llm.create_completion(
+                    prompt=prompt,
+                    grammar=writer._grammar,
+                    max_tokens=320,
+                    temperature=0.2,
+                    seed=seed,
+                    repeat_penalty=1.3,
+                )
+                bare_seconds += time.perf_counter() - started
+                bare_tokens += out["usage"]["completion_tokens"]
+            else:
+                generated = writer.write(evidence, seed=seed)
+                if generated is not None:
+                    agent_tokens += generated.completion_tokens
+                    agent_seconds += generated.seconds
+    bare = bare_tokens / bare_seconds
+    agent = agent_tokens / agent_seconds if agent_seconds else 0.0
+    return {"bare": bare, "agent": agent, "ratio": agent / bare}
+
+
+def first_report_s(port: int, library_root: Path, tmp: Path, windows: list[Any]) -> float:
+    """Seconds from publishing an asset's first window to its report arriving."""
+    prefix = f"llm-first-{uuid.uuid4().hex[:6]}"
+    proc = start_agent(
+        port, library_root, prefix, tmp / "first", {"FAULTLINE__REPORTS__LLM": "true"}
+    )
+    got = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=uuid.uuid4().hex[:8])
+    client.on_message = lambda _c, _u, _m: got.set()
+    client.on_connect = lambda c, *_a: c.subscribe(f"{prefix}/reports/+", qos=1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    time.sleep(0.5)
+    ((topic, _key, payload),) = window_messages(windows[:1], "binary", prefix)
+    started = time.monotonic()
+    client.publish(topic, payload, qos=1)
+    got.wait(300)
+    seconds = time.monotonic() - started
+    client.loop_stop()
+    proc.terminate()
+    proc.wait(60)
+    return seconds
+
+
+def alert_latency(
+    port: int, library_root: Path, tmp: Path, windows: list[Any], rate: float, busy: bool
+) -> dict[str, float]:
+    prefix = f"llm-{'busy' if busy else 'idle'}-{uuid.uuid4().hex[:6]}"
+    env = (
+        {"FAULTLINE__REPORTS__LLM": "true", "FAULTLINE__REPORTS__MIN_INTERVAL_S": "0"}
+        if busy
+        else {"FAULTLINE__REPORTS__LLM": "false"}
+    )
+    proc = start_agent(port, library_root, prefix, tmp / prefix, env)
+    sink = Sink(port, f"{prefix}/alerts/+", key="alert")
+    try:
+        return run_phase(port, sink, window_messages(windows, "binary", prefix), 1.0 / rate)
+    finally:
+        sink.close()
+        proc.terminate()
+        proc.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_window_args(parser, windows=300, fmt="binary")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
+    parser.add_argument("--seeds", type=int, default=5, help="generations per side")
+    parser.add_argument("--rate", type=float, default=40.0, help="windows/s, latency phases")
+    args = parser.parse_args()
+    cwru = cwru_dir(args.cwru)
+    windows = load_windows(cwru, args.windows)
+    with tempfile.TemporaryDirectory() as tmp_name, MosquittoProcess() as broker:
+        tmp = Path(tmp_name)
+        encoder = SpectrumEncoder()
+        library_root = tmp / "library"
+        build_test_library(cwru, library_root, encoder)
+        evidence = evidence_text(cwru, library_root, encoder)
+        speed = tokens_per_s(args.threads, args.seeds, evidence)
+        first = first_report_s(broker.port, library_root, tmp, windows)
+        idle = alert_latency(broker.port, library_root, tmp, windows, args.rate, busy=False)
+        busy = alert_latency(broker.port, library_root, tmp, windows, args.rate, busy=True)
+    print(
+        f"report model {default_model().model_id}, {args.threads} thread(s), {args.seeds} "
+        f"seeds per side, {os.cpu_count()} cores; evidence of a real CWRU outer-race window"
+    )
+    rows = [
+        ("tokens/s, bare llama-cpp-python", f"{speed['bare']:.1f}", "", ""),
+        (
+            "tokens/s, agent report path",
+            f"{speed['agent']:.1f}",
+            f"{speed['ratio']:.2f}x",
+            ">= 0.9x",
+        ),
+        ("first report after the alert", f"{first:.1f} s", "", ""),
+        (
+            f"alert p50 / p99 ms, model idle ({args.rate:.0f}/s)",
+            f"{idle['p50']:.1f} / {idle['p99']:.1f}",
+            "",
+            "",
+        ),
+        (
+            "alert p50 / p99 ms, model busy",
+            f"{busy['p50']:.1f} / {busy['p99']:.1f}",
+            f"{busy['p99'] / idle['p99']:.2f}x",
+            "<= 1.2x",
+        ),
+    ]
+    for name, value, ratio, target in rows:
+        print(f"{name:<42}{value:>16}{ratio:>9}{target:>10}")
+    print(json.dumps({"speed": speed, "first_report_s": first, "idle": idle, "busy": busy}))
+
+
+if __name__ == "__main__":
+    main()
