@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -13,10 +14,14 @@ from pathlib import Path
 
 from faultline.agent.app import Agent
 from faultline.agent.settings import Settings, load_settings
+from faultline.agent.transport.payloads import encode_window_json
+from faultline.encoders.signals import Window
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.builder import build_from_split
 from faultline.fault_library.catalog import ManifestEntry, read_manifest
 from faultline.fault_library.library import FaultLibrary, open_current
+from faultline.fault_library.recordings import iter_windows, read_recording
+from tests.collector import sensor_client
 
 
 def run_cli(
@@ -87,6 +92,32 @@ def start_agent(settings: Settings, library: FaultLibrary, encoder: SpectrumEnco
         raise AssertionError("agent did not connect to the test broker")
     time.sleep(0.2)  # subscriptions are sent right after CONNACK
     return agent
+
+
+def record_windows(
+    cwru_dir: Path,
+    record_id: str,
+    asset: str,
+    n: int,
+    *,
+    hop_s: float = 1.0,
+    start_s: float = 0.0,
+    ts0: float = 0.0,
+) -> list[Window]:
+    """The first ``n`` one-second windows of a CWRU record, as a sensor on ``asset`` sends."""
+    entry = next(e for e in read_manifest(cwru_dir) if e.record_id == record_id)
+    recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
+    windows = iter_windows(recording, asset, window_s=1.0, hop_s=hop_s, start_s=start_s, ts0=ts0)
+    return list(itertools.islice(windows, n))
+
+
+def publish_windows(port: int, prefix: str, windows: list[Window]) -> None:
+    """Publish JSON windows at QoS 1 as a sensor would, each acknowledged before the next."""
+    sensor = sensor_client(port)
+    for window in windows:
+        topic = f"{prefix}/sensors/{window.asset}/window"
+        sensor.publish(topic, encode_window_json(window), qos=1).wait_for_publish(5)
+    sensor.loop_stop()
 
 
 def agent_process_env(

@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from faultline.agent.transport.payloads import encode_window_json
-from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.library import FaultLibrary
-from faultline.fault_library.recordings import iter_windows, read_recording
-from tests.collector import Collector, sensor_client
-from tests.harness import agent_process_env
+from tests.collector import Collector
+from tests.harness import agent_process_env, publish_windows, record_windows
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +48,8 @@ def test_signal_drains_publishes_offline_and_exits_zero(
             lambda t, b: "/status/" in t and b.get("state") == "online", timeout=60
         )
         assert status["library"]["version"] == test_library.version
-        entry = next(e for e in read_manifest(cwru_dir) if e.record_id == "133")
-        recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
-        sensor = sensor_client(port)
-        windows = list(iter_windows(recording, "m1", window_s=1.0, hop_s=0.25, ts0=1.7e9))[:30]
-        for window in windows:
-            topic = f"{unique_prefix}/sensors/m1/window"
-            sensor.publish(topic, encode_window_json(window), qos=1).wait_for_publish(5)
-        sensor.loop_stop()
+        windows = record_windows(cwru_dir, "133", "m1", 30, hop_s=0.25, ts0=1.7e9)
+        publish_windows(port, unique_prefix, windows)
         # Signal while windows are in flight: what the agent took in must drain.
         collector.wait_for(lambda t, b: "/alerts/" in t, timeout=30)
         proc.send_signal(signum)
@@ -73,15 +64,8 @@ def test_signal_drains_publishes_offline_and_exits_zero(
         assert statuses[-1]["reason"] == "clean stop"
         # Windows sent while the agent is down wait in its persistent broker session
         # (same client id, clean start off) and are answered after the restart.
-        sensor.reconnect()
-        sensor.loop_start()
-        offline_windows = list(iter_windows(recording, "m1", window_s=1.0, hop_s=0.25, ts0=1.8e9))[
-            :5
-        ]
-        for window in offline_windows:
-            topic = f"{unique_prefix}/sensors/m1/window"
-            sensor.publish(topic, encode_window_json(window), qos=1).wait_for_publish(5)
-        sensor.loop_stop()
+        offline_windows = record_windows(cwru_dir, "133", "m1", 5, hop_s=0.25, ts0=1.8e9)
+        publish_windows(port, unique_prefix, offline_windows)
         proc = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

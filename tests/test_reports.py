@@ -27,14 +27,11 @@ from faultline.agent.reports.writer import (
     default_model,
 )
 from faultline.agent.transport.broker import MosquittoProcess
-from faultline.agent.transport.payloads import encode_window_json
 from faultline.encoders.spectrum import SpectrumEncoder
-from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.diagnosis import DecisionPolicy, diagnose_batch
 from faultline.fault_library.library import FaultLibrary
-from faultline.fault_library.recordings import iter_windows, read_recording
-from tests.collector import Collector, sensor_client
-from tests.harness import agent_settings, start_agent
+from tests.collector import Collector
+from tests.harness import agent_settings, publish_windows, record_windows, start_agent
 
 SCHEMA = json.loads((files("faultline.agent.reports") / "report.schema.json").read_text())
 
@@ -44,9 +41,7 @@ def outer_race_facts(
     cwru_dir: Path, test_library: FaultLibrary, encoder: SpectrumEncoder
 ) -> list[ReportFacts]:
     """Facts of real windows of record 133 (outer race, 3 hp: never in the library)."""
-    entry = next(e for e in read_manifest(cwru_dir) if e.record_id == "133")
-    recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
-    windows = list(iter_windows(recording, "pump-7", window_s=1.0, hop_s=1.0))[:3]
+    windows = record_windows(cwru_dir, "133", "pump-7", 3)
     results = diagnose_batch(windows, encoder, test_library, DecisionPolicy())
     return [
         facts_from(
@@ -261,14 +256,8 @@ def test_reports_arrive_over_the_broker_after_the_alert(
     collector = Collector("127.0.0.1", port, [f"{unique_prefix}/#"])
     agent = start_agent(settings, test_library, encoder)
     try:
-        entry = next(e for e in read_manifest(cwru_dir) if e.record_id == "133")
-        recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
-        sensor = sensor_client(port)
-        windows = list(iter_windows(recording, "pump-7", window_s=1.0, hop_s=1.0, ts0=1.7e9))[:5]
-        for window in windows:
-            topic = f"{unique_prefix}/sensors/pump-7/window"
-            sensor.publish(topic, encode_window_json(window), qos=1).wait_for_publish(5)
-        sensor.loop_stop()
+        windows = record_windows(cwru_dir, "133", "pump-7", 5, ts0=1.7e9)
+        publish_windows(port, unique_prefix, windows)
         alerts = collector.wait_for(lambda t, b: "/alerts/" in t, count=5, timeout=60)
         [(_t, report)] = collector.wait_for(lambda t, b: "/reports/" in t, timeout=180)
     finally:

@@ -16,10 +16,9 @@ from faultline.encoders.severity import (
     zone_of,
 )
 from faultline.encoders.spectrum import SpectrumEncoder
-from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.diagnosis import DecisionPolicy, diagnose_batch
 from faultline.fault_library.library import FaultLibrary
-from faultline.fault_library.recordings import iter_windows, read_recording
+from tests.harness import record_windows
 
 FS = 12000.0
 T = np.arange(int(FS)) / FS
@@ -62,12 +61,9 @@ def test_real_windows_carry_severity_from_the_one_decision_home(
 ) -> None:
     """Record 133 (outer race, 3 hp) shows its lines: damage stage 2 or more; record 97's
     healthy second half (never in the library) shows none. The velocity is the code's."""
-    by_id = {e.record_id: e for e in read_manifest(cwru_dir)}
     stages = {}
     for record, start in (("133", 0.0), ("97", 2.6)):
-        entry = by_id[record]
-        recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
-        windows = list(iter_windows(recording, "m", window_s=1.0, start_s=start))[:4]
+        windows = record_windows(cwru_dir, record, "m", 4, start_s=start)
         results = diagnose_batch(windows, encoder, test_library, DecisionPolicy())
         for window, result in zip(windows, results, strict=True):
             assert result.severity is not None
