@@ -496,18 +496,10 @@ class Agent:
         self.counters.add(f"alerts.{record.label}")
         if self.reports is not None:
             facts = facts_from(
+                diagnosis,
                 asset=item.asset,
                 window_ts=item.ts,
                 alert_id=record.message_id,
-                label=record.label,
-                confidence=record.confidence,
-                code=record.code,
-                reason=record.reason,
-                evidence_summary=record.evidence,
-                neighbours=list(record.neighbours),
-                lines=diagnosis.lines,
-                severity=diagnosis.severity,
-                rpm=diagnosis.rpm,
                 library_version=diagnosis.library_version,
             )
             report_id = alert_message_id(self.client_id, f"report|{key}", record.library_version)

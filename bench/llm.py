@@ -50,32 +50,21 @@ from faultline.agent.reports.facts import facts_from
 from faultline.agent.reports.writer import NarrativeWriter, default_model
 from faultline.agent.transport.broker import MosquittoProcess
 from faultline.encoders.spectrum import SpectrumEncoder
-from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.diagnosis import DecisionPolicy, diagnose_batch
 from faultline.fault_library.library import open_current
-from faultline.fault_library.recordings import iter_windows, read_recording
-from tests.harness import build_test_library
+from tests.harness import build_test_library, record_windows
 
 
 def evidence_text(cwru: Path, library_root: Path, encoder: SpectrumEncoder) -> str:
     """The evidence the model is shown for a real outer-race window (record 133)."""
     library = open_current(library_root, expected_model_id=encoder.model_id)
-    entry = next(e for e in read_manifest(cwru) if e.record_id == "133")
-    window = next(iter(iter_windows(read_recording(entry.path, fs=entry.fs, rpm=entry.rpm), "p")))
+    (window,) = record_windows(cwru, "133", "pump-7", 1)
     (result,) = diagnose_batch([window], encoder, library, DecisionPolicy())
     facts = facts_from(
+        result,
         asset="pump-7",
         window_ts=window.ts,
         alert_id="bench",
-        label=result.verdict.label,
-        confidence=result.verdict.confidence,
-        code=result.verdict.code,
-        reason=result.verdict.reason,
-        evidence_summary=result.verdict.evidence,
-        neighbours=[(n.id, n.label, n.score) for n in result.neighbours],
-        lines=result.lines,
-        severity=result.severity,
-        rpm=result.rpm,
         library_version=library.version,
     )
     library.close()

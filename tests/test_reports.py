@@ -45,18 +45,10 @@ def outer_race_facts(
     results = diagnose_batch(windows, encoder, test_library, DecisionPolicy())
     return [
         facts_from(
+            r,
             asset="pump-7",
             window_ts=w.ts,
             alert_id=f"alert-{i}",
-            label=r.verdict.label,
-            confidence=r.verdict.confidence,
-            code=r.verdict.code,
-            reason=r.verdict.reason,
-            evidence_summary=r.verdict.evidence,
-            neighbours=[(n.id, n.label, n.score) for n in r.neighbours],
-            lines=r.lines,
-            severity=r.severity,
-            rpm=r.rpm,
             library_version=test_library.version,
         )
         for i, (w, r) in enumerate(zip(windows, results, strict=True))

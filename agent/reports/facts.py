@@ -8,12 +8,21 @@ names anything this module did not put in the evidence.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from faultline.encoders.severity import Severity, damage_stage
+from faultline.fault_library.library import Neighbour
 from faultline.fault_library.physics import LineEvidence
+from faultline.fault_library.verdict import Verdict
 
-__all__ = ["CITED_NEIGHBOURS", "Line", "ReportFacts", "facts_from", "with_line_history"]
+__all__ = [
+    "CITED_NEIGHBOURS",
+    "Diagnosed",
+    "Line",
+    "ReportFacts",
+    "facts_from",
+    "with_line_history",
+]
 
 CITED_NEIGHBOURS = 3  # the closest library signatures a report cites
 
@@ -128,41 +137,46 @@ def _lines(evidence: LineEvidence | None) -> list[Line]:
     return sorted(out, key=lambda line: -line.margin_db)
 
 
+class Diagnosed(Protocol):
+    """What a report needs of a diagnosis: ``WindowResult`` (diagnose_batch) and the
+    pipeline's ``Diagnosis`` both have it."""
+
+    @property
+    def verdict(self) -> Verdict: ...
+    @property
+    def neighbours(self) -> list[Neighbour]: ...
+    @property
+    def lines(self) -> LineEvidence | None: ...
+    @property
+    def severity(self) -> Severity | None: ...
+    @property
+    def rpm(self) -> float: ...
+
+
 def facts_from(
-    *,
-    asset: str,
-    window_ts: float,
-    alert_id: str,
-    label: str,
-    confidence: float,
-    code: str | None,
-    reason: str | None,
-    evidence_summary: str | None,
-    neighbours: list[tuple[str, str, float]],
-    lines: LineEvidence | None,
-    severity: Severity | None,
-    rpm: float | None,
-    library_version: str,
+    result: Diagnosed, *, asset: str, window_ts: float, alert_id: str, library_version: str
 ) -> ReportFacts:
     """Facts for one alert. Citations: the closest signatures of the verdict's own class
     (of any class when the verdict is unknown), so a report never cites a signature that
     argues against it."""
-    own = [n for n in neighbours if n[1] == label] or list(neighbours)
+    verdict, lines = result.verdict, result.lines
+    neighbours = [(n.id, n.label, n.score) for n in result.neighbours]
+    own = [n for n in neighbours if n[1] == verdict.label] or neighbours
     return ReportFacts(
         asset=asset,
         window_ts=window_ts,
         alert_id=alert_id,
-        label=label,
-        confidence=confidence,
-        code=code,
-        reason=reason,
-        evidence_summary=evidence_summary,
+        label=verdict.label,
+        confidence=verdict.confidence,
+        code=verdict.code,
+        reason=verdict.reason,
+        evidence_summary=verdict.evidence,
         citations=own[:CITED_NEIGHBOURS],
         lines=_lines(lines),
         kurtosis=None if lines is None else lines.kurtosis,
         band_kurtosis=None if lines is None else lines.band_kurtosis,
-        severity=severity,
-        rpm=rpm,
+        severity=result.severity,
+        rpm=result.rpm,
         library_version=library_version,
         decisive_margins={} if lines is None else dict(lines.decisive_margins),
     )
