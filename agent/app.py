@@ -446,7 +446,13 @@ class Agent:
 
     # -- outputs ---------------------------------------------------------------------
     def _send(
-        self, topic: str, payload: bytes, *, retain: bool, user_properties: dict[str, str]
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool,
+        user_properties: dict[str, str],
+        correlation_data: bytes | None,
     ) -> int:
         """How the outbox hands a message to the broker (QoS 1: PUBACK deletes it)."""
         return self.transport.publish(
@@ -456,6 +462,7 @@ class Agent:
             retain=retain,
             user_properties=user_properties,
             content_type="application/json",
+            correlation_data=correlation_data,
         )
 
     def _publish_alert(self, diagnosis: Diagnosis) -> None:

@@ -126,8 +126,15 @@ class _Link:
             reconnect_max_s=0.5,
         )
         self.outbox.attach(
-            lambda topic, payload, *, retain, user_properties: self.transport.publish(
-                topic, payload, qos=1, retain=retain, user_properties=user_properties
+            lambda topic, payload, *, retain, user_properties, correlation_data: (
+                self.transport.publish(
+                    topic,
+                    payload,
+                    qos=1,
+                    retain=retain,
+                    user_properties=user_properties,
+                    correlation_data=correlation_data,
+                )
             )
         )
 
@@ -469,3 +476,33 @@ def test_a_drained_file_gives_its_space_back(tmp_path: Path) -> None:
     store.close()
     assert full > 30_000_000
     assert path.stat().st_size < 1_000_000
+
+
+def test_an_outbox_of_schema_1_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    """A gateway updated with messages waiting: the file gains the answers' column and
+    keeps every row (written here as the previous agent wrote it)."""
+    path = tmp_path / "outbox.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE messages (id INTEGER PRIMARY KEY, msg_id TEXT NOT NULL UNIQUE,
+                class TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL,
+                topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL DEFAULT 0,
+                created_at REAL NOT NULL, expires_at REAL NOT NULL);
+            CREATE TABLE sequences (stream TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE answered (key TEXT PRIMARY KEY, msg_id TEXT NOT NULL, at REAL NOT NULL);
+            INSERT INTO messages VALUES (1, 'm1', 'alert', 'alert:a', 1, 't', x'7b7d', 0, 1, 1e12);
+            INSERT INTO sequences VALUES ('alert:a', 1);
+            PRAGMA user_version=1;
+            """
+        )
+    outbox = Outbox(OutboxConfig(path=path, policies=POLICIES), on_fault=lambda *_a: None)
+    assert outbox.stats()["depth"] == 1
+    assert outbox.sequence("alert:a") == 1
+    outbox.start()
+    outbox.put("alert", "a", "t", lambda seq: b"{}", "m2", correlation=b"\x00\x01")
+    assert outbox.stop(1.0) == 2
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        rows = conn.execute("SELECT msg_id, correlation FROM messages ORDER BY id").fetchall()
+    assert rows == [("m1", None), ("m2", b"\x00\x01")]

@@ -52,6 +52,7 @@ class Entry:
     size: int
     rowid: int | None = None
     payload: bytes | None = None
+    correlation: bytes | None = None  # MQTT 5 correlation data of an answer
     state: State = "waiting"
 
 

@@ -56,7 +56,13 @@ class Publisher(Protocol):
     """What the sender needs from the transport: queue one QoS 1 message, get its mid."""
 
     def __call__(
-        self, topic: str, payload: bytes, *, retain: bool, user_properties: dict[str, str]
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool,
+        user_properties: dict[str, str],
+        correlation_data: bytes | None,
     ) -> int: ...
 
 
@@ -89,6 +95,7 @@ class _Pending:
     on_stored: Callable[[], None] | None
     created_at: float
     essential: bool = False
+    correlation: bytes | None = None
 
 
 @dataclass
@@ -214,6 +221,7 @@ class Outbox:
                 expires_at=row.expires_at,
                 size=row.size,
                 rowid=row.rowid,
+                correlation=row.correlation,
             )
             if row.cls not in self.config.policies:
                 log.warning("outbox row of unknown class %r kept as 'error'", row.cls)
@@ -282,6 +290,7 @@ class Outbox:
         answers: str | None = None,
         on_stored: Callable[[], None] | None = None,
         essential: bool = False,
+        correlation: bytes | None = None,
     ) -> None:
         """Accept a message; ``build(seq)`` makes its payload once it is numbered.
 
@@ -301,6 +310,7 @@ class Outbox:
             on_stored=on_stored,
             created_at=self._clock(),
             essential=essential,
+            correlation=correlation,
         )
         with self._cond:
             # Bounded: a writer far behind (a stalled disk) slows producers instead of
@@ -461,6 +471,7 @@ class Outbox:
                 expires_at=item.created_at + self._backlog.policy(item.cls).ttl_s,
                 size=len(payload),
                 payload=payload,
+                correlation=item.correlation,
             )
             self._ids.add(entry.msg_id)
             entries.append((entry, item))
@@ -489,6 +500,7 @@ class Outbox:
                 created_at=e.created_at,
                 expires_at=e.expires_at,
                 answers=item.answers,
+                correlation=e.correlation,
             )
             for e, item in entries
         ]
@@ -648,6 +660,7 @@ class Outbox:
                 e.created_at,
                 e.expires_at,
                 None,
+                e.correlation,
             )
             for e in waiting
         ]
@@ -727,7 +740,13 @@ class Outbox:
             REPLAY_PROPERTY: str(replay).lower(),
         }
         try:
-            mid = self._publish(entry.topic, payload, retain=entry.retain, user_properties=props)
+            mid = self._publish(
+                entry.topic,
+                payload,
+                retain=entry.retain,
+                user_properties=props,
+                correlation_data=entry.correlation,
+            )
         except Exception as exc:
             log.warning("outbox: hand-over of %s failed (%s); will retry", entry.msg_id, exc)
             with self._cond:

@@ -26,7 +26,7 @@ __all__ = ["NewRow", "OpenedStore", "OutboxStore", "StoredRow", "open_store", "q
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: messages.correlation (answers to MQTT 5 requests)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,            -- the global order messages were accepted in
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS messages (
     payload BLOB NOT NULL,
     retain INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,          -- unix seconds when it was accepted
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    correlation BLOB                   -- MQTT 5 correlation data, echoed to a requester
 );
 CREATE TABLE IF NOT EXISTS sequences (
     stream TEXT PRIMARY KEY,
@@ -67,6 +68,7 @@ class StoredRow:
     created_at: float
     expires_at: float
     size: int
+    correlation: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,10 @@ def _check(conn: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(f"quick_check: {verdict[0] if verdict else 'no answer'}")
     conn.executescript(_SCHEMA)
     found = conn.execute("PRAGMA user_version").fetchone()[0]
-    if found == 0:
+    if found == 1:  # an outbox written before answers existed: add their column, keep rows
+        conn.execute("ALTER TABLE messages ADD COLUMN correlation BLOB")
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    elif found == 0:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     elif found != SCHEMA_VERSION:
         raise sqlite3.DatabaseError(f"schema version {found}, this agent writes {SCHEMA_VERSION}")
@@ -159,6 +164,7 @@ class NewRow:
     created_at: float
     expires_at: float
     answers: str | None  # inbound key this message answers, remembered for de-duplication
+    correlation: bytes | None = None
 
 
 class OutboxStore:
@@ -194,10 +200,10 @@ class OutboxStore:
         """Every waiting message, oldest first, without payloads."""
         cursor = self._conn.execute(
             "SELECT id, msg_id, class, stream, seq, topic, retain, created_at, expires_at,"
-            " length(payload) FROM messages ORDER BY id"
+            " length(payload), correlation FROM messages ORDER BY id"
         )
         for r in cursor:
-            yield StoredRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8], r[9])
+            yield StoredRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8], r[9], r[10])
 
     def recent_answers(self, limit: int) -> list[str]:
         cursor = self._conn.execute("SELECT key FROM answered ORDER BY at DESC LIMIT ?", (limit,))
@@ -223,7 +229,7 @@ class OutboxStore:
             for row in rows:
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO messages (msg_id, class, stream, seq, topic, payload,"
-                    " retain, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    " retain, created_at, expires_at, correlation) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
                         row.msg_id,
                         row.cls,
@@ -234,6 +240,7 @@ class OutboxStore:
                         int(row.retain),
                         row.created_at,
                         row.expires_at,
+                        row.correlation,
                     ),
                 )
                 ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)

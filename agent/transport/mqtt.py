@@ -57,6 +57,8 @@ class InboundMessage:
     content_type: str | None
     received_at: float  # time.monotonic() at receipt
     mid: int
+    response_topic: str | None = None  # MQTT 5 request/response: where to answer
+    correlation_data: bytes | None = None  # echoed byte for byte in the answer
 
 
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
@@ -240,6 +242,7 @@ class MqttTransport:
         retain: bool = False,
         user_properties: Mapping[str, str] | None = None,
         content_type: str | None = None,
+        correlation_data: bytes | None = None,
     ) -> int:
         """Queue a message and return its packet id (``on_published`` reports its PUBACK).
 
@@ -248,7 +251,7 @@ class MqttTransport:
         dropped and counted in ``publish_failures`` (MQTT semantics). Raises PublishError
         only when the message cannot be queued at all.
         """
-        props = self._publish_properties(user_properties, content_type)
+        props = self._publish_properties(user_properties, content_type, correlation_data)
         try:
             info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         except ValueError as exc:
@@ -488,6 +491,8 @@ class MqttTransport:
         props = message.properties
         user_props = {str(k): str(v) for k, v in getattr(props, "UserProperty", [])}
         content_type = getattr(props, "ContentType", None)
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
         inbound = InboundMessage(
             topic=topic,
             payload=bytes(message.payload),
@@ -497,6 +502,8 @@ class MqttTransport:
             content_type=content_type,
             received_at=time.monotonic(),
             mid=message.mid,
+            response_topic=str(response_topic) if response_topic else None,
+            correlation_data=bytes(correlation) if correlation is not None else None,
         )
         if self._manual_ack and message.qos > 0:
             with self._lock:
@@ -580,9 +587,12 @@ class MqttTransport:
         return json.dumps(body).encode()
 
     def _publish_properties(
-        self, user_properties: Mapping[str, str] | None, content_type: str | None
+        self,
+        user_properties: Mapping[str, str] | None,
+        content_type: str | None,
+        correlation_data: bytes | None = None,
     ) -> Properties | None:
-        if not user_properties and content_type is None:
+        if not user_properties and content_type is None and correlation_data is None:
             return None
         if not self._v5:
             if not self._warned_v311_props:
@@ -594,6 +604,8 @@ class MqttTransport:
             props.UserProperty = [(str(k), str(v)) for k, v in user_properties.items()]
         if content_type is not None:
             props.ContentType = content_type
+        if correlation_data is not None:
+            props.CorrelationData = correlation_data
         return props
 
     def _will_properties(self) -> Properties | None:
