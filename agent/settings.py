@@ -306,10 +306,12 @@ def _default_classes() -> dict[str, OutboxClassSettings]:
         "report": OutboxClassSettings(ttl_s=7 * 86400, on_full="drop_oldest"),
         "error": OutboxClassSettings(ttl_s=86400, on_full="drop_oldest"),
         "metric": OutboxClassSettings(ttl_s=3600, on_full="drop_oldest"),
+        # An answer is worth something only while its asker waits.
+        "answer": OutboxClassSettings(ttl_s=300, on_full="drop_oldest"),
     }
 
 
-OUTBOX_CLASSES = ("alert", "report", "error", "metric")
+OUTBOX_CLASSES = ("alert", "report", "error", "metric", "answer")
 
 
 class OutboxSettings(_Section):
@@ -356,7 +358,8 @@ class OutboxSettings(_Section):
     )
     classes: dict[str, OutboxClassSettings] = Field(
         default_factory=_default_classes,
-        description="Per message class (alert, report, error, metric): ttl_s and on_full.",
+        description="Per message class (alert, report, error, metric, answer): ttl_s and "
+        "on_full.",
     )
 
     @model_validator(mode="after")

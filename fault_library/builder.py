@@ -25,8 +25,10 @@ from tqdm import tqdm
 from faultline.encoders.dsp import magnitude_spectrum
 from faultline.encoders.geometry import bearing_preset
 from faultline.encoders.signals import Measurement, Window
+from faultline.encoders.text import TextEncoder
 from faultline.fault_library.catalog import ManifestEntry, sha256_file
 from faultline.fault_library.index import DEFAULT_LARGE_FACTORY, EXACT_FACTORY
+from faultline.fault_library.knowledge_store import KNOWLEDGE_FILE, load_entries, write_knowledge
 from faultline.fault_library.labels import parse_fault_label
 from faultline.fault_library.library import LibraryError, publish_version
 from faultline.fault_library.novelty import CALIBRATION_KEY, calibrate_library
@@ -89,13 +91,15 @@ def build_library(
     shards: int | Sequence[str] = 1,
     progress: bool = True,
     calibrate: bool = True,
+    knowledge: bool = True,
 ) -> Path:
     """Embed ``entries`` (those ``include`` accepts; ``segment`` gives each one's
     ``(start_s, stop_s)``), write a verified version with ``shards`` shards under
     ``out_root`` and make it current. Returns the published version directory.
 
     ``calibrate``: measure per-class novelty thresholds and the vote temperature on the
-    new library (``fault_library.novelty``) and store them in the manifest's ``source``."""
+    new library (``fault_library.novelty``) and store them in the manifest's ``source``.
+    ``knowledge``: store the fault-mode knowledge base with the version (knowledge_store)."""
     chosen = [e for e in entries if include is None or include(e)]
     if not chosen:
         raise LibraryBuildError("no recordings selected for the library")
@@ -126,6 +130,7 @@ def build_library(
         vectors = {view: np.concatenate(collected.vectors[view]) for view in VIEWS}
         calibration = calibrate_library(vectors, collected.rows) if calibrate else {}
         line_rules = _fit_line_rules(encoder, collected)
+        kb_entries, kb_sha = load_entries() if knowledge else ([], "")
         build_dir = new_build_dir(out_root)
         write_version(
             build_dir,
@@ -146,8 +151,21 @@ def build_library(
                 "recordings": collected.recordings,
                 **({CALIBRATION_KEY: calibration} if calibration else {}),
                 **({LINE_RULES_KEY: line_rules} if line_rules else {}),
+                **(
+                    {
+                        "knowledge": {
+                            "file": KNOWLEDGE_FILE,
+                            "entries": len(kb_entries),
+                            "sha256": kb_sha,
+                        }
+                    }
+                    if knowledge
+                    else {}
+                ),
             },
         )
+        if knowledge:
+            write_knowledge(build_dir / KNOWLEDGE_FILE, kb_entries, TextEncoder())
         with write_lock(out_root):
             return publish_version(out_root, build_dir, expected_model_id=encoder.model_id)
     except LibraryBuildError:

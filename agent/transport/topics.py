@@ -61,7 +61,7 @@ class Topics:
             inputs = [f"{SHARED_PREFIX}{self.shared_group}/{f.filter}" for f in self.inputs]
         else:
             inputs = [f.filter for f in self.inputs]
-        return [*inputs, *self.commands]
+        return [*inputs, *self.commands, self.query]
 
     @property
     def commands(self) -> tuple[str, str]:
@@ -81,6 +81,16 @@ class Topics:
 
     def report(self, asset: str) -> str:
         return f"{self.prefix}/reports/{asset}"
+
+    @property
+    def query(self) -> str:
+        """Plain-text questions (MQTT 5 request/response, or JSON with ``reply_to``)."""
+        return f"{self.prefix}/query"
+
+    @property
+    def answers(self) -> str:
+        """Where an answer goes when the question named no response topic."""
+        return f"{self.prefix}/answers"
 
     @property
     def errors(self) -> str:
