@@ -32,6 +32,9 @@ mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
 	  echo "mosquitto not found: installing the Debian package (tests start their own broker)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends mosquitto; }
+	@command -v mosquitto_rr >/dev/null 2>&1 || { \
+	  echo "mosquitto_rr not found: installing mosquitto-clients (a test asks questions with it)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends mosquitto-clients; }
 
 test: $(STAMP) mosquitto check
 	$(BIN)/python -m pytest

@@ -22,6 +22,10 @@ from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
 from faultline.agent.metrics import Counters
 from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
 from faultline.agent.pipeline import Diagnosis, Job, Pipeline
+from faultline.agent.questions.answer import ANSWER_SCHEMA, Answer
+from faultline.agent.questions.history import AlertNote, AssetHistory
+from faultline.agent.questions.parse import Question, QuestionError
+from faultline.agent.questions.worker import QuestionWorker
 from faultline.agent.reports.facts import facts_from
 from faultline.agent.reports.worker import ReportPolicy, ReportWorker
 from faultline.agent.reports.writer import ModelFile, default_model
@@ -46,7 +50,14 @@ from faultline.encoders.projection import ProjectionError
 from faultline.encoders.severity import DEFAULT_MACHINE_CLASS
 from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.encoders.text import TextEncoder
 from faultline.fault_library.diagnosis import DecisionPolicy
+from faultline.fault_library.knowledge_store import (
+    KNOWLEDGE_FILE,
+    KnowledgeBase,
+    load_entries,
+    write_knowledge,
+)
 from faultline.fault_library.library import FaultLibrary
 
 log = logging.getLogger(__name__)
@@ -270,6 +281,13 @@ class Agent:
             manual_ack=True,
         )
         self.outbox.attach(self._send)
+        self.history = AssetHistory()
+        self.questions = QuestionWorker(
+            knowledge=self._open_knowledge,
+            knowledge_key=lambda: self.library.current.path,
+            history=self.history,
+            reply=self._publish_answer,
+        )
         self.reports = report_worker_from_settings(
             settings,
             agent_id=self.client_id,
@@ -280,6 +298,7 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         self.outbox.start()
+        self.questions.start()
         if self.reports is not None:
             self.reports.start()
         self.pipeline.start()
@@ -306,6 +325,7 @@ class Agent:
         if left:
             # Not acknowledged: the broker redelivers them at the next start.
             log.warning("%d queued windows were not processed before the drain bound", left)
+        self.questions.stop()
         if self.reports is not None:
             # The report being written is finished (bounded by its timeout); queued ones
             # are dropped: the next alert of each asset offers a report again.
@@ -342,6 +362,11 @@ class Agent:
         if message.topic in self.topics.commands:
             ack()
             self._on_command(message)
+            return
+        if message.topic == self.topics.query:
+            # Acknowledged once its answer (or the error saying why there is none) is
+            # in the outbox, like a window.
+            self.questions.offer(message, ack)
             return
         self.counters.add("received")
         route = self.topics.classify(message.topic)
@@ -501,6 +526,19 @@ class Agent:
         )
         self.counters.add("alerts")
         self.counters.add(f"alerts.{record.label}")
+        severity = diagnosis.severity
+        self.history.add(
+            item.asset,
+            AlertNote(
+                message_id=record.message_id,
+                window_ts=item.ts,
+                label=record.label,
+                confidence=record.confidence,
+                zone=None if severity is None else severity.zone,
+                damage_stage=None if severity is None else severity.damage.stage,
+                strongest_line_db=None if severity is None else severity.damage.strongest_db,
+            ),
+        )
         if self.reports is not None:
             facts = facts_from(
                 diagnosis,
@@ -515,6 +553,64 @@ class Agent:
     def _publish_report(self, asset: str, message_id: str, build: Callable[[int], bytes]) -> None:
         """Reports leave through the outbox like alerts (class ``report``, own stream)."""
         self.outbox.put("report", asset, self.topics.report(asset), build, message_id)
+        self.history.add(asset, AlertNote(message_id, 0.0, "", 0.0, None, None, None, "report"))
+
+    def _open_knowledge(self) -> KnowledgeBase:
+        """The knowledge base stored with the current library version; one built from the
+        packaged text for a library made before versions carried one."""
+        stored = self.library.current.path / KNOWLEDGE_FILE
+        encoder = TextEncoder()
+        if stored.is_file():
+            return KnowledgeBase(stored, encoder)
+        built = self.settings.resolved_data_dir() / KNOWLEDGE_FILE
+        built.parent.mkdir(parents=True, exist_ok=True)
+        built.unlink(missing_ok=True)
+        entries, _sha = load_entries()
+        write_knowledge(built, entries, encoder)
+        log.info("library %s has no knowledge base; built %s", self.library.current.version, built)
+        return KnowledgeBase(built, encoder)
+
+    def _publish_answer(
+        self,
+        message: InboundMessage,
+        question: Question | None,
+        answer: Answer | QuestionError,
+        ack: Callable[[], None],
+    ) -> None:
+        """Answer where the asker said (MQTT 5 response topic, else ``reply_to``, else the
+        answers topic), correlation data echoed byte for byte, through the outbox."""
+        topic = message.response_topic or (question.reply_to if question else None)
+        body: dict[str, object] = {
+            "schema": ANSWER_SCHEMA,
+            "question": question.text if question else None,
+            "correlation_id": question.correlation_id if question else None,
+            "agent_id": self.client_id,
+            "answered_at": time.time(),
+            "replay": False,
+        }
+        if isinstance(answer, QuestionError):
+            self.counters.add(f"questions.rejected.{answer.code}")
+            body["error"] = {"code": answer.code, "reason": answer.message}
+        else:
+            self.counters.add("questions.answered" if answer.known else "questions.unknown")
+            body.update(
+                answer=answer.text,
+                known=answer.known,
+                asset=answer.asset,
+                citations=answer.citations,
+            )
+        message_id = new_message_id()
+        body["message_id"] = message_id
+        payload = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+        self.outbox.put(
+            "answer",
+            "agent",
+            topic or self.topics.answers,
+            lambda seq: payload,
+            message_id,
+            on_stored=ack,
+            correlation=message.correlation_data,
+        )
 
     def _on_pipeline_failure(self, job: Job, code: str, reason: str) -> None:
         self._reject(
@@ -629,6 +725,7 @@ class Agent:
             "topics": {"alerts": self.topics.alert("+"), "errors": self.topics.errors},
             "outbox": self.outbox.stats(),
             "reports": None if self.reports is None else self.reports.status(),
+            "questions": self.questions.status(),
         }
 
 

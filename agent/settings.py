@@ -358,8 +358,7 @@ class OutboxSettings(_Section):
     )
     classes: dict[str, OutboxClassSettings] = Field(
         default_factory=_default_classes,
-        description="Per message class (alert, report, error, metric, answer): ttl_s and "
-        "on_full.",
+        description="Per message class (alert, report, error, metric, answer): ttl_s and on_full.",
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""Plain-text questions over MQTT, answered from the knowledge base and asset history."""

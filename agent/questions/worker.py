@@ -1,0 +1,139 @@
+"""Questions on their own thread: paho's network thread only parses and queues.
+
+Embedding a question (MiniLM) and searching take milliseconds to tens of milliseconds, so
+they never run on the MQTT thread. The text model and the knowledge base load at the first
+question (a gateway nobody asks spends no memory on them), and again when the library
+version changes. The queue is bounded: a full queue answers "busy" at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from faultline.agent.questions.answer import Answer, compose_answer, find_asset
+from faultline.agent.questions.history import AssetHistory
+from faultline.agent.questions.parse import Question, QuestionError, parse_question
+from faultline.agent.transport.mqtt import InboundMessage
+from faultline.fault_library.knowledge_store import KnowledgeBase
+
+__all__ = ["QuestionJob", "QuestionWorker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionJob:
+    message: InboundMessage
+    question: Question
+    ack: Callable[[], None]
+
+
+Reply = Callable[
+    [InboundMessage, Question | None, Answer | QuestionError, Callable[[], None]], None
+]
+
+
+class QuestionWorker:
+    def __init__(
+        self,
+        *,
+        knowledge: Callable[[], KnowledgeBase | None],
+        knowledge_key: Callable[[], Path | None],
+        history: AssetHistory,
+        reply: Reply,
+        queue_size: int = 32,
+    ) -> None:
+        self._knowledge = knowledge
+        self._knowledge_key = knowledge_key
+        self._history = history
+        self._reply = reply
+        self._queue: queue.Queue[QuestionJob] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._kb: KnowledgeBase | None = None
+        self._kb_key: Path | None = None
+        self._lock = threading.Lock()
+        self.counts = {"asked": 0, "answered": 0, "unknown": 0, "rejected": 0, "busy": 0}
+        self.knowledge_error: str | None = None
+
+    # ------------------------------------------------------------------ MQTT thread
+    def offer(self, message: InboundMessage, ack: Callable[[], None]) -> None:
+        with self._lock:
+            self.counts["asked"] += 1
+        try:
+            question = parse_question(message.payload)
+        except QuestionError as exc:
+            with self._lock:
+                self.counts["rejected"] += 1
+            self._reply(message, None, exc, ack)
+            return
+        try:
+            self._queue.put_nowait(QuestionJob(message, question, ack))
+        except queue.Full:
+            with self._lock:
+                self.counts["busy"] += 1
+            busy = QuestionError("busy", "too many questions waiting; ask again shortly")
+            self._reply(message, question, busy, ack)
+
+    # ------------------------------------------------------------------ the thread
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="faultline-questions", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                answer = self.answer(job.question)
+            except Exception as exc:
+                log.exception("question failed: %r", job.question.text)
+                failure = QuestionError("answer_failed", f"{type(exc).__name__}: {exc}")
+                self._reply(job.message, job.question, failure, job.ack)
+                continue
+            self._reply(job.message, job.question, answer, job.ack)
+
+    def answer(self, question: Question) -> Answer:
+        kb = self._current_knowledge()
+        hits = kb.search(question.text, 5) if kb is not None else []
+        relevant = kb.relevant(hits) if kb is not None else False
+        asset = find_asset(question, self._history.assets())
+        notes = self._history.of(asset) if asset else []
+        answer = compose_answer(question, asset=asset, notes=notes, hits=hits, relevant=relevant)
+        with self._lock:
+            self.counts["answered" if answer.known else "unknown"] += 1
+        return answer
+
+    def _current_knowledge(self) -> KnowledgeBase | None:
+        key = self._knowledge_key()
+        if self._kb is None or key != self._kb_key:
+            try:
+                self._kb = self._knowledge()
+                self.knowledge_error = None
+            except Exception as exc:  # a missing model, an unreadable file: say so, go on
+                log.error("knowledge base unavailable: %s", exc)
+                self._kb = None
+                self.knowledge_error = f"{type(exc).__name__}: {exc}"
+            self._kb_key = key
+        return self._kb
+
+    def status(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                **self.counts,
+                "queue": self._queue.qsize(),
+                "knowledge": None if self._kb is None else self._kb.describe(),
+                "knowledge_error": self.knowledge_error,
+            }
