@@ -14,8 +14,10 @@
 
     python bench/llm.py [--threads 1] [--seeds 5] [--windows 300] [--rate 40]
 
-Retrieval quality for questions (the issue's fourth part) is not measured here yet: the
-question path does not exist yet.
+4. **Retrieval quality** on ``bench/questions.yaml`` (the team's labelled questions over
+   the knowledge base): recall@5 (share of an answerable question's relevant entries in
+   the top 5) and MRR for hybrid (RRF), dense-only and BM25-only; and how many
+   unanswerable questions get "I don't know" and answerable ones do not.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import yaml
+
 from bench.e2e import (
     Sink,
     add_window_args,
@@ -50,7 +54,14 @@ from faultline.agent.reports.facts import facts_from
 from faultline.agent.reports.writer import NarrativeWriter, default_model
 from faultline.agent.transport.broker import MosquittoProcess
 from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.encoders.text import TextEncoder
 from faultline.fault_library.diagnosis import DecisionPolicy, diagnose_batch
+from faultline.fault_library.knowledge_store import (
+    KNOWLEDGE_FILE,
+    KnowledgeBase,
+    load_entries,
+    write_knowledge,
+)
 from faultline.fault_library.library import open_current
 from tests.harness import build_test_library, record_windows
 
@@ -111,6 +122,42 @@ def tokens_per_s(threads: int, seeds: int, evidence: str) -> dict[str, float]:
     return {"bare": bare, "agent": agent, "ratio": agent / bare}
 
 
+def retrieval_quality(questions_file: Path) -> dict[str, dict[str, float]]:
+    """recall@5 and MRR per retrieval mode; "I don't know" accuracy of the hybrid path."""
+    questions = yaml.safe_load(questions_file.read_text())["questions"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / KNOWLEDGE_FILE
+        encoder = TextEncoder()
+        entries, _sha = load_entries()
+        write_knowledge(path, entries, encoder)
+        kb = KnowledgeBase(path, encoder)
+        out: dict[str, dict[str, float]] = {}
+        for mode in ("hybrid", "dense", "bm25"):
+            recalls, ranks = [], []
+            for q in questions:
+                if not q["relevant"]:
+                    continue
+                ids = [h.id for h in kb.search(q["q"], 5, mode)]
+                relevant = set(q["relevant"])
+                recalls.append(len(relevant & set(ids)) / len(relevant))
+                first = next((i for i, x in enumerate(ids, start=1) if x in relevant), None)
+                ranks.append(1.0 / first if first else 0.0)
+            out[mode] = {
+                "recall_at_5": sum(recalls) / len(recalls),
+                "mrr": sum(ranks) / len(ranks),
+                "questions": float(len(recalls)),
+            }
+        known = [kb.relevant(kb.search(q["q"], 5)) for q in questions]
+        answerable = [k for k, q in zip(known, questions, strict=True) if q["relevant"]]
+        unanswerable = [not k for k, q in zip(known, questions, strict=True) if not q["relevant"]]
+        out["dont_know"] = {
+            "unanswerable_refused": sum(unanswerable) / len(unanswerable),
+            "answerable_answered": sum(answerable) / len(answerable),
+            "unanswerable": float(len(unanswerable)),
+        }
+    return out
+
+
 def first_report_s(port: int, library_root: Path, tmp: Path, windows: list[Any]) -> float:
     """Seconds from publishing an asset's first window to its report arriving."""
     prefix = f"llm-first-{uuid.uuid4().hex[:6]}"
@@ -160,7 +207,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     parser.add_argument("--seeds", type=int, default=5, help="generations per side")
     parser.add_argument("--rate", type=float, default=40.0, help="windows/s, latency phases")
+    parser.add_argument(
+        "--retrieval-only", action="store_true", help="only the question-retrieval figures"
+    )
     args = parser.parse_args()
+    quality = retrieval_quality(REPO / "bench" / "questions.yaml")
+    print(f"{'retrieval (bench/questions.yaml)':<34}{'recall@5':>10}{'MRR':>8}")
+    for mode in ("hybrid", "dense", "bm25"):
+        row = quality[mode]
+        print(f"  {mode:<32}{row['recall_at_5']:>10.3f}{row['mrr']:>8.3f}")
+    dont = quality["dont_know"]
+    print(
+        f'  "I don\'t know": {dont["unanswerable_refused"]:.0%} of {dont["unanswerable"]:.0f} '
+        f"unanswerable questions; answerable ones answered {dont['answerable_answered']:.0%}"
+    )
+    if args.retrieval_only:
+        return
     cwru = cwru_dir(args.cwru)
     windows = load_windows(cwru, args.windows)
     with tempfile.TemporaryDirectory() as tmp_name, MosquittoProcess() as broker:
