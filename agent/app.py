@@ -327,9 +327,9 @@ class Agent:
             log.warning("%d queued windows were not processed before the drain bound", left)
         self.questions.stop()
         if self.reports is not None:
-            # The report being written is finished (bounded by its timeout); queued ones
-            # are dropped: the next alert of each asset offers a report again.
-            unwritten = self.reports.stop(self.settings.reports.timeout_s + 5.0)
+            # The report being generated is cut short (its template is published); queued
+            # ones are dropped: the next alert of each asset offers a report again.
+            unwritten = self.reports.stop(5.0)
             if unwritten:
                 log.info("%d queued reports not written at stop", unwritten)
         waiting = self.outbox.stop(self.settings.pipeline.drain_timeout_s)

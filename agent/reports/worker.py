@@ -264,8 +264,10 @@ class ReportWorker:
             fallback = "model_unavailable"
         else:
             evidence = facts.prompt_text()
-            generated = self._writer.write(evidence)
-            if generated is None:
+            generated = self._writer.write(evidence, cancelled=self._stop.is_set)
+            if generated is None and self._stop.is_set():
+                fallback = "cancelled"  # the agent is stopping
+            elif generated is None:
                 fallback = "unparsable"
                 with self._lock:
                     self.counts["unparsable"] += 1

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -169,13 +170,20 @@ class NarrativeWriter:
             raise ModelError(f"llama.cpp cannot load {model.path}: {exc}") from exc
         self._grammar = LlamaGrammar.from_json_schema(json.dumps(NARRATIVE_SCHEMA), verbose=False)
 
-    def write(self, evidence: str, *, seed: int | None = None) -> Generated | None:
-        """The model's narrative and actions for ``evidence``; None when it ran out of time
-        or returned something that does not parse (the caller falls back to the template)."""
+    def write(
+        self,
+        evidence: str,
+        *,
+        seed: int | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Generated | None:
+        """The model's narrative and actions for ``evidence``; None when it ran out of time,
+        was cancelled (the agent is stopping: SIGTERM must not wait for a report), or
+        returned something that does not parse (the caller falls back to the template)."""
         deadline = time.monotonic() + self._timeout_s
 
         def out_of_time(_tokens: Any, _logits: Any) -> bool:
-            return time.monotonic() > deadline
+            return time.monotonic() > deadline or cancelled()
 
         from llama_cpp import StoppingCriteriaList
 
