@@ -9,7 +9,6 @@ version changes. The queue is bounded: a full queue answers "busy" at once.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from faultline.agent.questions.answer import Answer, compose_answer, find_asset
 from faultline.agent.questions.history import AssetHistory
 from faultline.agent.questions.parse import Question, QuestionError, parse_question
+from faultline.agent.queue_thread import QueueThread
 from faultline.agent.transport.mqtt import InboundMessage
 from faultline.fault_library.knowledge_store import KnowledgeBase
 
@@ -38,7 +38,7 @@ Reply = Callable[
 ]
 
 
-class QuestionWorker:
+class QuestionWorker(QueueThread[QuestionJob]):
     def __init__(
         self,
         *,
@@ -48,13 +48,11 @@ class QuestionWorker:
         reply: Reply,
         queue_size: int = 32,
     ) -> None:
+        super().__init__("faultline-questions", queue_size)
         self._knowledge = knowledge
         self._knowledge_key = knowledge_key
         self._history = history
         self._reply = reply
-        self._queue: queue.Queue[QuestionJob] = queue.Queue(maxsize=queue_size)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._kb: KnowledgeBase | None = None
         self._kb_key: Path | None = None
         self._lock = threading.Lock()
@@ -72,38 +70,19 @@ class QuestionWorker:
                 self.counts["rejected"] += 1
             self._reply(message, None, exc, ack)
             return
-        try:
-            self._queue.put_nowait(QuestionJob(message, question, ack))
-        except queue.Full:
+        if not self.try_put(QuestionJob(message, question, ack)):
             with self._lock:
                 self.counts["busy"] += 1
             busy = QuestionError("busy", "too many questions waiting; ask again shortly")
             self._reply(message, question, busy, ack)
 
     # ------------------------------------------------------------------ the thread
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="faultline-questions", daemon=True)
-        self._thread.start()
+    def handle(self, job: QuestionJob) -> None:
+        self._reply(job.message, job.question, self.answer(job.question), job.ack)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                job = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                answer = self.answer(job.question)
-            except Exception as exc:
-                log.exception("question failed: %r", job.question.text)
-                failure = QuestionError("answer_failed", f"{type(exc).__name__}: {exc}")
-                self._reply(job.message, job.question, failure, job.ack)
-                continue
-            self._reply(job.message, job.question, answer, job.ack)
+    def on_failure(self, job: QuestionJob, exc: Exception) -> None:
+        failure = QuestionError("answer_failed", f"{type(exc).__name__}: {exc}")
+        self._reply(job.message, job.question, failure, job.ack)
 
     def answer(self, question: Question) -> Answer:
         kb = self._current_knowledge()
@@ -133,7 +112,7 @@ class QuestionWorker:
         with self._lock:
             return {
                 **self.counts,
-                "queue": self._queue.qsize(),
+                "queue": self.waiting,
                 "knowledge": None if self._kb is None else self._kb.describe(),
                 "knowledge_error": self.knowledge_error,
             }

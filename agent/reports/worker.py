@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from faultline.agent.queue_thread import QueueThread
 from faultline.agent.reports.facts import ReportFacts, with_line_history
 from faultline.agent.reports.guard import check_narrative
 from faultline.agent.reports.template import template_actions, template_narrative
@@ -122,7 +122,7 @@ def build_report(
     }
 
 
-class ReportWorker:
+class ReportWorker(QueueThread[ReportJob]):
     """Bounded queue + one thread; ``publish(asset, message_id, build)`` hands a report to
     the outbox (``build(seq)`` makes its payload once numbered)."""
 
@@ -135,16 +135,14 @@ class ReportWorker:
         agent_id: str,
         on_mode_change: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__("faultline-reports", policy.queue_size)
         self.policy = policy
         self._model = model
         self._publish = publish
         self._agent_id = agent_id
         self._on_mode_change = on_mode_change
-        self._queue: queue.Queue[ReportJob] = queue.Queue(maxsize=policy.queue_size)
         self._assets: dict[str, _AssetState] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._writer: NarrativeWriter | None = None
         self._mode = "starting"
         self._mode_reason: str | None = None
@@ -188,9 +186,7 @@ class ReportWorker:
                 self.counts["skipped"] += 1
                 return False
             job = ReportJob(with_line_history(facts, history), trigger, message_id)
-            try:
-                self._queue.put_nowait(job)
-            except queue.Full:
+            if not self.try_put(job):
                 self.counts["dropped_queue_full"] += 1
                 return False
             self.counts["queued"] += 1
@@ -203,30 +199,12 @@ class ReportWorker:
             return True
 
     # ------------------------------------------------------------------ the thread
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="faultline-reports", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> int:
-        """Stop after the report being written; returns the reports left unwritten."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self._queue.qsize()
-
-    def _run(self) -> None:
+    def on_start(self) -> None:
         self._load()
-        while not self._stop.is_set():
-            try:
-                job = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                self._write(job)
-            except Exception:
-                log.exception("report for %s failed", job.facts.asset)
-                with self._lock:
-                    self.counts["failed"] += 1
+
+    def on_failure(self, job: ReportJob, exc: Exception) -> None:
+        with self._lock:
+            self.counts["failed"] += 1
 
     def _load(self) -> None:
         if self._model is None:
@@ -255,7 +233,7 @@ class ReportWorker:
         if self._on_mode_change is not None:
             self._on_mode_change()
 
-    def _write(self, job: ReportJob) -> None:
+    def handle(self, job: ReportJob) -> None:
         facts = job.facts
         generated: Generated | None = None
         fallback: str | None = None
@@ -264,8 +242,8 @@ class ReportWorker:
             fallback = "model_unavailable"
         else:
             evidence = facts.prompt_text()
-            generated = self._writer.write(evidence, cancelled=self._stop.is_set)
-            if generated is None and self._stop.is_set():
+            generated = self._writer.write(evidence, cancelled=lambda: self.stopping)
+            if generated is None and self.stopping:
                 fallback = "cancelled"  # the agent is stopping
             elif generated is None:
                 fallback = "unparsable"
@@ -320,6 +298,6 @@ class ReportWorker:
                 "mode": self._mode,
                 "degraded_reason": self._mode_reason,
                 "model": None if self._writer is None else self._writer.model.model_id,
-                "queue": self._queue.qsize(),
+                "queue": self.waiting,
                 **self.counts,
             }
