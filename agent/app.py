@@ -287,6 +287,10 @@ class Agent:
             knowledge_key=lambda: self.library.current.path,
             history=self.history,
             reply=self._publish_answer,
+            signatures=lambda q: [
+                (str(h["id"]), str(h["description"]))
+                for h in self.library.current.search_text(q, 20, any_word=True)
+            ],
         )
         self.reports = report_worker_from_settings(
             settings,

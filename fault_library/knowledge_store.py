@@ -275,6 +275,14 @@ class KnowledgeBase:
             )
         return hits
 
+    def similarity(self, question: str, texts: Sequence[str]) -> list[float]:
+        """Cosine of the question with each text (re-ranking BM25 candidates from
+        elsewhere, e.g. the library's signature descriptions)."""
+        if not texts:
+            return []
+        vectors = self._embedder.encode([question, *texts])
+        return [float(v) for v in vectors[1:] @ vectors[0]]
+
     def relevant(self, hits: Sequence[Hit]) -> bool:
         """Whether the hits answer the question at all (see ``MIN_COSINE``)."""
         return any(h.cosine >= self.min_cosine for h in hits)

@@ -273,12 +273,14 @@ class FaultLibrary:
                     found[row["id"]] = {**row, "shard": name}
         return [found[i] for i in ids if i in found]
 
-    def search_text(self, query: str, limit: int = 10) -> list[dict[str, Any]]:
+    def search_text(
+        self, query: str, limit: int = 10, *, any_word: bool = False
+    ) -> list[dict[str, Any]]:
         """FTS5 over descriptions in every loaded shard, merged by bm25 rank (lower first)."""
         hits = [
             {**hit, "shard": name}
             for name, shard in self._shards.items()
-            for hit in shard.store.search_text(query, limit)
+            for hit in shard.store.search_text(query, limit, any_word=any_word)
         ]
         hits.sort(key=lambda h: (float(h.get("rank") or 0.0), str(h["id"])))
         return hits[:limit]

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import sqlite_utils
 
+from faultline.fault_library.knowledge_store import fts_query
 from faultline.fault_library.labels import parse_fault_label
 
 __all__ = [
@@ -318,16 +319,24 @@ class SignatureStore:
             return labels, ids
 
     def search_text(
-        self, query: str, limit: int = 10, *, view: str | None = None
+        self, query: str, limit: int = 10, *, view: str | None = None, any_word: bool = False
     ) -> list[dict[str, Any]]:
         """Full-text search over descriptions, best first (FTS5 bm25 in ``rank``, lower is
-        better). Query words are quoted, so user text cannot inject FTS5 syntax."""
+        better). Query words are quoted, so user text cannot inject FTS5 syntax.
+        ``any_word``: match descriptions with any of the query's content words (a question),
+        not all of them (a search box)."""
         if not query.strip():
             return []
+        quote = True
+        if any_word:
+            ored = fts_query(query)
+            if ored is None:
+                return []
+            query, quote = ored, False  # fts_query quotes every word itself
         where, args = (None, None) if view is None else ("view = :view", {"view": view})
         with self._lock:
             hits = self._db.table("signatures").search(
-                query, limit=limit, quote=True, include_rank=True, where=where, where_args=args
+                query, limit=limit, quote=quote, include_rank=True, where=where, where_args=args
             )
             out = [dict(h) for h in hits]
         for hit in out:

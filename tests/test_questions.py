@@ -22,7 +22,7 @@ from faultline.agent.transport.broker import MosquittoProcess
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.encoders.text import TextEncoder
 from faultline.fault_library.knowledge_store import KnowledgeBase, load_entries, write_knowledge
-from faultline.fault_library.library import FaultLibrary
+from faultline.fault_library.library import FaultLibrary, open_current
 from tests.collector import Collector
 from tests.harness import agent_settings, publish_windows, record_windows, start_agent
 
@@ -77,12 +77,15 @@ def test_hybrid_retrieval_finds_the_entry_and_knows_what_it_does_not_know(
 def asking_agent(
     mosquitto_session: MosquittoProcess,
     test_library: FaultLibrary,
+    test_library_root: Path,
     encoder: SpectrumEncoder,
     unique_prefix: str,
 ) -> Any:
-    agent = start_agent(
-        agent_settings(mosquitto_session.port, unique_prefix), test_library, encoder
-    )
+    # A library of its own: stopping an agent closes its library, and the session's is
+    # shared by other tests (their searches never reach its SQLite; questions do).
+    library = open_current(test_library_root, expected_model_id=encoder.model_id)
+    assert library.version == test_library.version
+    agent = start_agent(agent_settings(mosquitto_session.port, unique_prefix), library, encoder)
     yield agent
     agent.stop()
 
@@ -198,3 +201,21 @@ def test_the_stock_mosquitto_rr_gets_an_answer(
     answer = json.loads(done.stdout)
     assert answer["known"] is True
     assert any(c["kind"] == "knowledge" for c in answer["citations"])
+
+
+@pytest.mark.slow
+def test_a_question_about_the_library_cites_its_recordings(
+    asking_agent: Agent, mosquitto_session: MosquittoProcess, unique_prefix: str
+) -> None:
+    answer, _ = _ask_v5(
+        mosquitto_session.port,
+        f"{unique_prefix}/query",
+        b"Do we have recordings of ball faults at 0.014 in?",
+        b"lib",
+    )
+    signatures = [c for c in answer["citations"] if c["kind"] == "signature"]
+    assert signatures, answer
+    assert "0.014" in answer["answer"]
+    found = asking_agent.library.current.describe([c["id"] for c in signatures])
+    assert all("ball" in str(row["label"]) for row in found), found
+    print("\n" + answer["answer"])

@@ -97,6 +97,7 @@ def compose_answer(
     notes: Sequence[AlertNote],
     hits: Sequence[Hit],
     relevant: bool,
+    signatures: Sequence[tuple[str, str, float]] = (),
 ) -> Answer:
     """The asset's state when it names one the gateway knows, the best knowledge entry
     when retrieval found a relevant one, both when both apply; else "I don't know"."""
@@ -116,6 +117,15 @@ def compose_answer(
             parts.append("See also: " + "; ".join(h.title for h in others) + ".")
         citations += [
             {"id": h.id, "kind": "knowledge", "title": h.title, "score": h.score} for h in hits[:3]
+        ]
+    if signatures:
+        parts.append(
+            "Library recordings that match: "
+            + "; ".join(f"{description} ({sid})" for sid, description, _c in signatures)
+            + "."
+        )
+        citations += [
+            {"id": sid, "kind": "signature", "score": round(c, 4)} for sid, _d, c in signatures
         ]
     known = bool(citations)
     if not known:

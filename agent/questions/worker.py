@@ -9,6 +9,7 @@ version changes. The queue is bounded: a full queue answers "busy" at once.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,15 @@ class QuestionJob:
     ack: Callable[[], None]
 
 
+SIGNATURE_MIN_COSINE = 0.45
+_WINDOW_PART = re.compile(r",\s*window at [0-9.]+ s\)?$")
+
+
+def recording_of(description: str) -> str:
+    """A signature's description without its window offset: one entry per recording."""
+    return _WINDOW_PART.sub("", description)
+
+
 Reply = Callable[
     [InboundMessage, Question | None, Answer | QuestionError, Callable[[], None]], None
 ]
@@ -46,9 +56,11 @@ class QuestionWorker(QueueThread[QuestionJob]):
         knowledge_key: Callable[[], Path | None],
         history: AssetHistory,
         reply: Reply,
+        signatures: Callable[[str], list[tuple[str, str]]] = lambda _q: [],
         queue_size: int = 32,
     ) -> None:
         super().__init__("faultline-questions", queue_size)
+        self._signatures = signatures
         self._knowledge = knowledge
         self._knowledge_key = knowledge_key
         self._history = history
@@ -90,10 +102,38 @@ class QuestionWorker(QueueThread[QuestionJob]):
         relevant = kb.relevant(hits) if kb is not None else False
         asset = find_asset(question, self._history.assets())
         notes = self._history.of(asset) if asset else []
-        answer = compose_answer(question, asset=asset, notes=notes, hits=hits, relevant=relevant)
+        matches = self._matching_signatures(kb, question.text) if kb is not None else []
+        answer = compose_answer(
+            question, asset=asset, notes=notes, hits=hits, relevant=relevant, signatures=matches
+        )
         with self._lock:
             self.counts["answered" if answer.known else "unknown"] += 1
         return answer
+
+    def _matching_signatures(
+        self, kb: KnowledgeBase, question: str
+    ) -> list[tuple[str, str, float]]:
+        """The library's recordings a question is about: BM25 candidates over the signature
+        descriptions, re-ranked by MiniLM, one per recording, kept above
+        ``SIGNATURE_MIN_COSINE`` (a description is short and formulaic: a higher bar than
+        for knowledge entries)."""
+        try:
+            found = self._signatures(question)
+        except Exception as exc:  # the library's text search must not cost the answer
+            log.warning("library description search failed: %s", exc)
+            return []
+        distinct: dict[str, tuple[str, str]] = {}
+        for signature_id, description in found:
+            distinct.setdefault(recording_of(description), (signature_id, description))
+        if not distinct:
+            return []
+        candidates = list(distinct.values())
+        cosines = kb.similarity(question, [d for _i, d in candidates])
+        ranked = sorted(
+            ((i, d, c) for (i, d), c in zip(candidates, cosines, strict=True)),
+            key=lambda t: -t[2],
+        )
+        return [t for t in ranked if t[2] >= SIGNATURE_MIN_COSINE][:2]
 
     def _current_knowledge(self) -> KnowledgeBase | None:
         key = self._knowledge_key()
