@@ -523,7 +523,8 @@ def test_a_long_partition_with_a_small_cap_is_accounted_for(
     )
     assert total == produced == len(unique) + sum(counts.values())
     assert len(missing) == sum(counts.values())
-    assert all(stalled_at <= p.sent_at <= restored_at for p in missing)  # only the stall's
+    # Only the stall's (a window sent just before it may be answered once it began).
+    assert all(stalled_at - 0.5 <= p.sent_at <= restored_at for p in missing)
     kept_in_stall = [
         p
         for p in sensors.produced
