@@ -51,6 +51,13 @@ def _bad_payloads(good: Window) -> list[tuple[str, bytes, str]]:
     oversized = b'{"ts": 1, "fs": 12000, "samples": [' + b"0.0," * (MAX_BYTES // 4) + b"0.0]}"
     return [
         ("malformed_json", b'{"ts": 1, "fs": 12000, "samples": [0.1, 0.2', "JSON"),
+        # Python's int-string limit (4,300 digits): was an uncaught ValueError, dropped with
+        # only a log line (issue 14).
+        (
+            "malformed_json",
+            b'{"ts": 1, "fs": 12000, "samples": [' + b"1" * 5000 + b", 0.5]}",
+            "4300 digits",
+        ),
         ("wrong_type", js(fs="12000"), "fs"),
         ("wrong_type", js(samples="0.1 0.2 0.3"), "samples"),
         ("non_finite", js(samples=with_nan), "1203"),
@@ -144,3 +151,27 @@ def test_binary_header_layout_is_what_the_docs_say() -> None:
     (header_len,) = struct.unpack_from("<H", payload, 4)
     assert len(payload) == header_len + 4 * 4
     assert np.array_equal(np.frombuffer(payload[header_len:], "<f4"), window.samples)
+
+
+def test_a_command_of_deeply_nested_json_is_answered_not_dropped(
+    mosquitto_session: object,
+    test_library: FaultLibrary,
+    encoder: SpectrumEncoder,
+    unique_prefix: str,
+) -> None:
+    """'[' x 100,000 on the command topic raised RecursionError inside the handler and was
+    dropped with only a log line (issue 14); now it is an unknown command, published."""
+    port = mosquitto_session.port  # type: ignore[attr-defined]
+    agent = start_agent(agent_settings(port, unique_prefix), test_library, encoder)
+    collector = Collector("127.0.0.1", port, [f"{unique_prefix}/errors"])
+    sensor = sensor_client(port)
+    try:
+        for payload in (b"[" * 1000, b"[" * 100_000):
+            sensor.publish(agent.topics.commands[1], payload, qos=1).wait_for_publish(5)
+        errors = collector.wait_for(lambda t, b: b.get("code") == "unknown_command", count=2)
+    finally:
+        sensor.loop_stop()
+        collector.close()
+        agent.stop()
+    assert len(errors) == 2
+    assert agent.transport.stats["handler_errors"] == 0

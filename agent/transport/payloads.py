@@ -171,6 +171,8 @@ def _parse_object(payload: bytes) -> dict[str, Any]:
         raise PayloadError("malformed_json", f"payload is not UTF-8 text: {exc.reason}") from None
     except RecursionError:  # "[[[[..." nested deeper than the interpreter's stack
         raise PayloadError("malformed_json", "JSON is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits (int_max_str_digits)
+        raise PayloadError("malformed_json", f"unreadable JSON: {str(exc)[:120]}") from None
     if not isinstance(obj, dict):
         raise PayloadError("not_an_object", f"payload must be a JSON object, got {_kind(obj)}")
     return obj
