@@ -22,12 +22,13 @@ Pure apart from the models :func:`diagnose_batch` is handed.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from faultline.encoders.quality import Quality, assess
 from faultline.encoders.severity import (
@@ -154,15 +155,23 @@ def line_reader(
     )
 
 
+def _window_blocks(
+    measurements: Sequence[Measurement],
+) -> Iterator[tuple[float, list[tuple[int, Window]], npt.NDArray[np.float64]]]:
+    """The raw windows grouped by shape: (fs, [(position, window)], stacked samples).
+    Sensor spectra have no samples and are skipped; what is computed per window (quality,
+    velocity) runs once per group, vectorised."""
+    for (fs, _), rows in shape_groups(measurements).items():
+        windows = [(i, m) for i in rows if isinstance(m := measurements[i], Window)]
+        if windows:
+            yield fs, windows, np.stack([np.asarray(w.samples) for _, w in windows])
+
+
 def quality_of(measurements: Sequence[Measurement]) -> list[Quality | None]:
     """The signal-quality verdict of each raw window (None for sensor spectra, whose
     samples we never see); windows of one shape are assessed as one batch."""
     out: list[Quality | None] = [None] * len(measurements)
-    for (fs, _), rows in shape_groups(measurements).items():
-        windows = [(i, m) for i in rows if isinstance(m := measurements[i], Window)]
-        if not windows:  # sensor spectra: no samples to judge
-            continue
-        block = np.stack([np.asarray(w.samples) for _, w in windows])
+    for fs, windows, block in _window_blocks(measurements):
         for (i, _), q in zip(windows, assess(block, fs), strict=True):
             out[i] = q
     return out
@@ -175,11 +184,7 @@ def velocities_of(measurements: Sequence[Measurement]) -> list[float | None]:
     asset's settings); g when absent. None for sensor spectra.
     """
     out: list[float | None] = [None] * len(measurements)
-    for (fs, _), rows in shape_groups(measurements).items():
-        windows = [(i, m) for i in rows if isinstance(m := measurements[i], Window)]
-        if not windows:
-            continue
-        block = np.stack([np.asarray(w.samples) for _, w in windows])
+    for fs, windows, block in _window_blocks(measurements):
         per_g = velocity_rms_mm_s(block, fs)
         for (i, w), v in zip(windows, per_g, strict=True):
             unit = w.meta.get("accel_unit_m_s2")
