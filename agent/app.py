@@ -27,7 +27,7 @@ from faultline.agent.questions.history import AlertNote, AssetHistory
 from faultline.agent.questions.parse import Question, QuestionError
 from faultline.agent.questions.worker import QuestionWorker
 from faultline.agent.reports.facts import facts_from
-from faultline.agent.reports.worker import ReportPolicy, ReportWorker
+from faultline.agent.reports.worker import ReportOffer, ReportPolicy, ReportWorker
 from faultline.agent.reports.writer import ModelFile, default_model
 from faultline.agent.settings import ConfigError, Settings
 from faultline.agent.settings_errors import ConfigProblem
@@ -560,15 +560,23 @@ class Agent:
             ),
         )
         if self.reports is not None:
-            facts = facts_from(
-                diagnosis,
-                asset=item.asset,
-                window_ts=item.ts,
-                alert_id=record.message_id,
-                library_version=diagnosis.library_version,
-            )
             report_id = alert_message_id(self.client_id, f"report|{key}", record.library_version)
-            self.reports.offer(facts, report_id)
+            self.reports.offer(
+                ReportOffer.of(
+                    item.asset,
+                    record.label,
+                    diagnosis.severity,
+                    {} if diagnosis.lines is None else diagnosis.lines.decisive_margins,
+                ),
+                report_id,
+                lambda: facts_from(
+                    diagnosis,
+                    asset=item.asset,
+                    window_ts=item.ts,
+                    alert_id=record.message_id,
+                    library_version=diagnosis.library_version,
+                ),
+            )
 
     def _publish_report(self, asset: str, message_id: str, build: Callable[[int], bytes]) -> None:
         """Reports leave through the outbox like alerts (class ``report``, own stream)."""

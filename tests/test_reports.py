@@ -19,7 +19,13 @@ import pytest
 from faultline.agent.reports.facts import ReportFacts, facts_from
 from faultline.agent.reports.guard import check_narrative
 from faultline.agent.reports.template import template_actions, template_narrative
-from faultline.agent.reports.worker import ReportJob, ReportPolicy, ReportWorker, build_report
+from faultline.agent.reports.worker import (
+    ReportJob,
+    ReportOffer,
+    ReportPolicy,
+    ReportWorker,
+    build_report,
+)
 from faultline.agent.reports.writer import (
     ModelError,
     ModelFile,
@@ -141,10 +147,16 @@ def _worker(model: Any, sent: list[bytes], **policy: Any) -> ReportWorker:
     )
 
 
+def _offer(worker: ReportWorker, facts: ReportFacts, message_id: str) -> bool:
+    """Offer ``facts`` as the agent offers an alert's: the decision from the cheap offer."""
+    offer = ReportOffer.of(facts.asset, facts.label, facts.severity, facts.decisive_margins)
+    return worker.offer(offer, message_id, lambda: facts)
+
+
 def _run_one(worker: ReportWorker, facts: ReportFacts, sent: list[bytes]) -> dict[str, Any]:
     worker.start()
     try:
-        assert worker.offer(facts, "report-1")
+        assert _offer(worker, facts, "report-1")
         end = time.monotonic() + 180.0
         while not sent and time.monotonic() < end:
             time.sleep(0.05)
@@ -211,9 +223,9 @@ def test_a_missing_or_truncated_model_means_template_reports_and_says_so(
 def test_one_report_per_change_never_one_per_window(outer_race_facts: list[ReportFacts]) -> None:
     worker = _worker(None, [], min_interval_s=3600)
     first = outer_race_facts[0]
-    assert worker.offer(first, "r1")  # the asset's first
-    assert not worker.offer(replace(first, window_ts=first.window_ts + 1), "r2")  # no change
-    assert worker.offer(replace(first, window_ts=first.window_ts + 2, label="unknown"), "r3")
+    assert _offer(worker, first, "r1")  # the asset's first
+    assert not _offer(worker, replace(first, window_ts=first.window_ts + 1), "r2")  # no change
+    assert _offer(worker, replace(first, window_ts=first.window_ts + 2, label="unknown"), "r3")
     assert worker.status()["skipped"] == 1
     assert worker.status()["queued"] == 2
 

@@ -63,9 +63,6 @@ class ReportFacts:
     decisive_margins: dict[str, float] = field(default_factory=dict)
     """What the damage stage is judged on (encoders/severity.py), kept for the trend."""
 
-    def strongest_db(self) -> float | None:
-        return max(self.decisive_margins.values(), default=None)
-
     def present_families(self) -> list[str]:
         return [line.family for line in self.lines if line.present]
 

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,16 @@ from faultline.agent.reports.writer import (
     ModelFile,
     NarrativeWriter,
 )
+from faultline.encoders.severity import Severity
 
-__all__ = ["REPORT_SCHEMA", "ReportJob", "ReportPolicy", "ReportWorker", "build_report"]
+__all__ = [
+    "REPORT_SCHEMA",
+    "ReportJob",
+    "ReportOffer",
+    "ReportPolicy",
+    "ReportWorker",
+    "build_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,33 @@ class ReportJob:
     trigger: str
     message_id: str
     offered_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOffer:
+    """What decides whether an alert gets a report: cheap to make for every alert."""
+
+    asset: str
+    label: str
+    zone: str | None
+    stage: int | None
+    strongest_db: float | None  # the strongest decisive line over its threshold
+
+    @classmethod
+    def of(
+        cls,
+        asset: str,
+        label: str,
+        severity: Severity | None,
+        decisive_margins: Mapping[str, float],
+    ) -> ReportOffer:
+        return cls(
+            asset,
+            label,
+            None if severity is None else severity.zone,
+            None if severity is None else severity.damage.stage,
+            max(decisive_margins.values(), default=None),
+        )
 
 
 @dataclass
@@ -160,18 +195,18 @@ class ReportWorker(QueueThread[ReportJob]):
         }
 
     # ------------------------------------------------------------------ intake (hot path)
-    def offer(self, facts: ReportFacts, message_id: str) -> bool:
-        """Queue a report for this alert if it deserves one; never waits."""
+    def offer(self, offer: ReportOffer, message_id: str, facts: Callable[[], ReportFacts]) -> bool:
+        """Queue a report for this alert if it deserves one; never waits. ``facts`` is
+        called only then: most alerts are skipped, and the pipeline's thread should not
+        build what nobody reads."""
         now = time.monotonic()
-        zone = facts.severity.zone if facts.severity else None
-        stage = facts.severity.damage.stage if facts.severity else None
-        strongest = facts.strongest_db()
+        zone, stage, strongest = offer.zone, offer.stage, offer.strongest_db
         with self._lock:
             self.counts["offered"] += 1
-            state = self._assets.get(facts.asset)
+            state = self._assets.get(offer.asset)
             if state is None:
                 trigger: str | None = "first"
-            elif state.label != facts.label:
+            elif state.label != offer.label:
                 trigger = "verdict_changed"
             elif (state.zone, state.stage) != (zone, stage):
                 trigger = "severity_changed"
@@ -185,17 +220,17 @@ class ReportWorker(QueueThread[ReportJob]):
             if trigger is None:
                 self.counts["skipped"] += 1
                 return False
-            job = ReportJob(with_line_history(facts, history), trigger, message_id)
+            job = ReportJob(with_line_history(facts(), history), trigger, message_id)
             if not self.try_put(job):
                 self.counts["dropped_queue_full"] += 1
                 return False
             self.counts["queued"] += 1
-            fresh = _AssetState(facts.label, zone, stage, now)
+            fresh = _AssetState(offer.label, zone, stage, now)
             if state is not None:
                 fresh.lines = state.lines
             elif strongest is not None:
                 fresh.lines.append(strongest)
-            self._assets[facts.asset] = fresh
+            self._assets[offer.asset] = fresh
             return True
 
     # ------------------------------------------------------------------ the thread
