@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := agent encoders fault_library config models
 TYPECHECK_ROOT := .typecheck
 
-.PHONY: demo test check lint typecheck bench bench-outbox mosquitto clean
+.PHONY: demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
 
 # llama-cpp-python compiles llama.cpp (about 3 minutes on 2 cores, once: pip caches the
 # wheel). A portable build: no -march=native (the wheel may serve another CPU of the fleet),
@@ -52,11 +52,20 @@ typecheck: $(STAMP)
 
 check: lint typecheck
 
-bench: $(STAMP) mosquitto
-	$(BIN)/python bench/e2e.py --format binary
-	$(BIN)/python bench/e2e.py --format json
+bench: bench-hot
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/outbox.py
+
+# The hot path against its transport ceiling (issue 12): both encodings, 1 and 2 processes,
+# 16 and 256 windows outstanding, then half load. About 2 minutes per run on 2 cores.
+bench-hot: $(STAMP) mosquitto
+	for fmt in binary json; do for n in 1 2; do \
+	  $(BIN)/python bench/e2e.py --format $$fmt --processes $$n $(BENCH_ARGS) || exit 1; \
+	done; done
+
+# Ten minutes at half load: the agent's resident memory must not grow.
+bench-soak: $(STAMP) mosquitto
+	$(BIN)/python bench/e2e.py --soak 600 $(BENCH_ARGS)
 
 # The durable outbox's cost on its own (issue 10): on/off throughput, backlog replay, disk.
 bench-outbox: $(STAMP) mosquitto

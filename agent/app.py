@@ -7,6 +7,7 @@ answer); shutdown runs in reverse: stop intake, drain the pipeline, publish ``of
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ from faultline.agent.reports.worker import ReportOffer, ReportPolicy, ReportWork
 from faultline.agent.reports.writer import ModelFile, default_model
 from faultline.agent.settings import ConfigError, Settings
 from faultline.agent.settings_errors import ConfigProblem
+from faultline.agent.threads import limit_library_threads
 from faultline.agent.transport.mqtt import InboundMessage, MqttTransport
 from faultline.agent.transport.payloads import (
     AlertRecord,
@@ -301,6 +303,7 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
+        limit_library_threads(self.settings.pipeline.library_threads)
         self.outbox.start()
         self.questions.start()
         if self.reports is not None:
@@ -348,6 +351,12 @@ class Agent:
         stop = stop_event or threading.Event()
         install_stop_signals(stop)
         self.start()
+        # What start-up built (settings, models, the library's tables: hundreds of thousands
+        # of objects) lives as long as the process: moved out of the cyclic collector's
+        # reach, so its full collections, which the hot path's allocations trigger, do not
+        # walk it again and again (py-spy: 5.6 % of the agent's samples in gc before).
+        gc.collect()
+        gc.freeze()
         try:
             while not stop.wait(1.0):
                 pass

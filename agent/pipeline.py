@@ -1,8 +1,9 @@
 """Micro-batching diagnosis workers: decoded measurements in, verdicts out.
 
 Windows from many sensors arrive close together; encoding and searching them as one
-batch costs little more than one, so each worker takes what is queued (up to
-``batch_max``, waiting at most ``batch_wait_s`` for company) and processes it together.
+batch costs less per window than one at a time, so each worker takes what is queued (up
+to ``batch_max``) and processes it together. An idle queue is never waited on: a lone
+window goes through at once, and under load batches fill while the previous one runs.
 The queue is bounded: when it is full, ``submit`` blocks, which stalls the MQTT reader
 and lets the broker hold the backlog instead of our memory.
 """
@@ -138,20 +139,27 @@ class Pipeline:
                     self._queue.task_done()
 
     def _take_batch(self) -> list[Job]:
+        """What is queued, up to ``batch_max``, without waiting when the queue is idle.
+
+        A lone window is processed at once: a fixed wait for company would only add to its
+        latency. Only while windows keep arriving (the queue held more than the first) does
+        the worker wait, at most ``batch_wait_s`` per window, for the burst to fill the
+        batch; under load the batch fills by itself while the previous one is processed.
+        """
         try:
             first = self._queue.get(timeout=0.1)
         except queue.Empty:
             return []
         batch = [first]
-        deadline = time.monotonic() + self._batch_wait_s
+        arriving = False
         while len(batch) < self._batch_max:
-            remaining = deadline - time.monotonic()
             try:
                 batch.append(
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
+                    self._queue.get(timeout=self._batch_wait_s)
+                    if arriving and self._batch_wait_s > 0
                     else self._queue.get_nowait()
                 )
+                arriving = True
             except queue.Empty:
                 break
         return batch

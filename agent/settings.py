@@ -253,9 +253,41 @@ class PipelineSettings(_Section):
     )
     batch_max: int = Field(default=32, ge=1, le=1024, description="Most windows per batch.")
     batch_wait_ms: float = Field(
-        default=5.0, ge=0, le=1000, description="How long a worker waits to fill a batch, ms."
+        default=0.0,
+        ge=0,
+        le=1000,
+        description=(
+            "While a burst is arriving, how long a worker waits for each further window of "
+            "its batch, ms; 0: take what is queued. A lone window never waits."
+        ),
     )
-    workers: int = Field(default=2, ge=1, le=8, description="Worker threads.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description=(
+            "Worker threads per process. One keeps each asset's alerts in window order; "
+            "the hot path holds the GIL, so use processes to use more cores."
+        ),
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Agent processes on this gateway, sharing the sensor stream through one MQTT "
+            "shared subscription (topics.shared_group, default: the client id)."
+        ),
+    )
+    library_threads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Threads FAISS (OpenMP) and BLAS may use per process; 1 leaves the cores to "
+            "processes and to the broker instead of spinning thread pools."
+        ),
+    )
     drain_timeout_s: float = Field(
         default=10.0, ge=0, le=600, description="Time allowed at stop to finish in-flight windows."
     )

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from faultline.agent.app import Agent
@@ -151,9 +152,10 @@ class AgentProcess:
     failing first, and a pipe nobody read would block it under a flood of warnings.
     """
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
         self.env = env
         self.log_path = log_path
+        self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._copier: threading.Thread | None = None
@@ -161,7 +163,7 @@ class AgentProcess:
     def start(self) -> AgentProcess:
         self.starts += 1
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faultline.agent.cli", "run"],
+            [sys.executable, "-m", "faultline.agent.cli", "run", *self.args],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

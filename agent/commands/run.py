@@ -16,6 +16,7 @@ from faultline.agent.app import (
 )
 from faultline.agent.library_setup import load_or_build_library
 from faultline.agent.settings import ConfigError, Settings, load_settings
+from faultline.agent.supervisor import Supervisor, child_argv
 
 
 def add_parser(sub: Any) -> None:
@@ -30,6 +31,17 @@ def add_parser(sub: Any) -> None:
         ),
     )
     parser.add_argument("--config", "-c", default=None, help="YAML configuration file")
+    parser.add_argument(
+        "--processes",
+        "-p",
+        type=int,
+        default=None,
+        metavar="N",
+        help=(
+            "run N agent processes sharing the sensor stream through one MQTT shared "
+            "subscription (default: pipeline.processes, 1)"
+        ),
+    )
     parser.set_defaults(handler=run)
 
 
@@ -53,6 +65,16 @@ def run(args: argparse.Namespace) -> int:
     library = load_or_build_library(
         root, encoder, rebuild=settings.library.rebuild, shards=settings.library.shards
     )
-    if not stop.is_set():
+    processes = settings.pipeline.processes if args.processes is None else args.processes
+    if processes < 1:
+        print("faultline: --processes must be at least 1", file=sys.stderr)
+        return 2
+    if stop.is_set():
+        return 0
+    if processes == 1:
         Agent(settings, library, encoder, library_root=root).run_forever(stop)
-    return 0
+        return 0
+    # The library is built (or checked) once, above; each process opens that folder.
+    library.close()
+    supervisor = Supervisor(settings, processes, argv=child_argv(args.config, args.log_level))
+    return supervisor.run(stop)

@@ -190,6 +190,11 @@ class MosquittoProcess:
         self.conf_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (benchmarks read its CPU use)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from faultline.agent.transport import binary_format
 from faultline.encoders.geometry import BEARING_PRESETS, BearingGeometry, bearing_preset
@@ -159,10 +160,25 @@ def _check_size(payload: bytes, limits: PayloadLimits) -> None:
 
 
 def _parse_object(payload: bytes) -> dict[str, Any]:
+    """Parse with orjson (about 3x faster than ``json`` on a window of floats: parsing was
+    the largest cost of a JSON window); a payload orjson refuses is parsed again by the
+    standard library, which says where it is wrong, and accepts the NaN and Infinity
+    literals sensors do send, so that they are reported with the index of the bad value."""
     if not payload:
         raise PayloadError("malformed_json", "payload is empty")
     try:
-        obj = json.loads(payload)
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        obj = _parse_strictly(payload)
+    if not isinstance(obj, dict):
+        raise PayloadError("not_an_object", f"payload must be a JSON object, got {_kind(obj)}")
+    return obj
+
+
+def _parse_strictly(payload: bytes) -> Any:
+    """The standard library's parse: precise errors for what orjson refused."""
+    try:
+        return json.loads(payload)
     except json.JSONDecodeError as exc:
         raise PayloadError(
             "malformed_json", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -173,9 +189,6 @@ def _parse_object(payload: bytes) -> dict[str, Any]:
         raise PayloadError("malformed_json", "JSON is nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits (int_max_str_digits)
         raise PayloadError("malformed_json", f"unreadable JSON: {str(exc)[:120]}") from None
-    if not isinstance(obj, dict):
-        raise PayloadError("not_an_object", f"payload must be a JSON object, got {_kind(obj)}")
-    return obj
 
 
 _KINDS = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string"}

@@ -53,15 +53,15 @@ class Topics:
     shared_group: str | None = None
 
     def subscriptions(self) -> list[str]:
-        """Filters to subscribe to; a shared group lets N gateways split one stream.
+        """Filters to subscribe to; a shared group lets N gateways or processes split one
+        stream, and answers each question once.
 
         Command topics are never shared: every gateway must hear a command meant for all.
         """
+        shared = [*(f.filter for f in self.inputs), self.query]
         if self.shared_group:
-            inputs = [f"{SHARED_PREFIX}{self.shared_group}/{f.filter}" for f in self.inputs]
-        else:
-            inputs = [f.filter for f in self.inputs]
-        return [*inputs, *self.commands, self.query]
+            shared = [f"{SHARED_PREFIX}{self.shared_group}/{f}" for f in shared]
+        return [*shared[:-1], *self.commands, shared[-1]]
 
     @property
     def commands(self) -> tuple[str, str]:
