@@ -20,7 +20,7 @@ from types import FrameType
 
 from faultline.agent import __version__
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
-from faultline.agent.metrics import Counters
+from faultline.agent.metrics import Counters, StageTimes
 from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
 from faultline.agent.pipeline import Diagnosis, Job, Pipeline
 from faultline.agent.questions.answer import ANSWER_SCHEMA, Answer
@@ -234,6 +234,7 @@ class Agent:
     ) -> None:
         self.settings = settings
         self.counters = Counters()
+        self.stages = StageTimes()
         self.topics = topics_from_settings(settings)
         self.client_id = self.topics.client_id
         self._encoder = encoder or encoder_from_settings(settings)
@@ -266,6 +267,7 @@ class Agent:
             on_failure=self._on_pipeline_failure,
             policy=policy_from_settings(settings),
             counters=self.counters,
+            stages=self.stages,
             queue_size=pipe.queue_size,
             batch_max=pipe.batch_max,
             batch_wait_s=pipe.batch_wait_ms / 1000.0,
@@ -372,6 +374,8 @@ class Agent:
         ever dropped with only a log line."""
 
         def ack() -> None:
+            # Receipt to durable answer: the agent's whole share of a window's latency.
+            self.stages.add("received_to_durable", time.monotonic() - message.received_at)
             self.transport.ack(message)
 
         try:
@@ -405,8 +409,10 @@ class Agent:
             )
             return
         kind, asset = route
+        started = time.perf_counter()
         try:
             measurement = self._decode(kind, asset, message.payload)
+            self.stages.add("decode", time.perf_counter() - started)
         except PayloadError as exc:
             # The error's id is derived from the payload: a copy redelivered after a crash
             # is reported under the same id, so consumers count it once.
@@ -763,6 +769,7 @@ class Agent:
             "outbox": self.outbox.stats(),
             "reports": None if self.reports is None else self.reports.status(),
             "questions": self.questions.status(),
+            "stages": self.stages.snapshot(),
         }
 
 

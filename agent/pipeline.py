@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from faultline.agent.metrics import Counters
+from faultline.agent.metrics import Counters, StageTimes
 from faultline.encoders.severity import Severity
 from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
@@ -68,6 +68,7 @@ class Pipeline:
         on_failure: Callable[[Job, str, str], None],
         policy: DecisionPolicy,
         counters: Counters,
+        stages: StageTimes | None = None,
         queue_size: int = 256,
         batch_max: int = 32,
         batch_wait_s: float = 0.005,
@@ -79,6 +80,7 @@ class Pipeline:
         self._on_failure = on_failure
         self._policy = policy
         self._counters = counters
+        self._stages = stages or StageTimes()
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
@@ -165,16 +167,21 @@ class Pipeline:
         return batch
 
     def _process(self, batch: list[Job]) -> None:
+        taken = time.monotonic()
+        for job in batch:
+            self._stages.add("queued", taken - job.received_at)
         library = self._library()
         by_view: dict[str, list[Job]] = {}
         for job in batch:
             by_view.setdefault(self._encoder.view_of(job.measurement), []).append(job)
         self._counters.add("batches")
         for jobs in by_view.values():
+            started = time.perf_counter()
             try:
                 results = diagnose_batch(
                     [j.measurement for j in jobs], self._encoder, library, self._policy
                 )
+                self._stages.add("diagnose", time.perf_counter() - started, len(jobs))
             except Exception:
                 # One poisoned window must not take its batch-mates down: retry singly.
                 log.exception("batch of %d failed; retrying one by one", len(jobs))
@@ -213,8 +220,10 @@ class Pipeline:
                 severity=result.severity,
                 lines=result.lines,
             )
+            started = time.perf_counter()
             try:
                 self._on_diagnosis(diagnosis)
+                self._stages.add("alert", time.perf_counter() - started)
             except Exception as exc:
                 log.exception("publishing the alert for %s failed", job.topic)
                 self._counters.add("publish_failures")

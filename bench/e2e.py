@@ -40,6 +40,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -349,6 +350,33 @@ def start_agent(
     return proc
 
 
+def stage_profiles(port: int, prefix: str, n: int, timeout_s: float = 10) -> list[dict[str, Any]]:
+    """Each agent process's per-window stage times (its status, asked for by command)."""
+    got: dict[str, dict[str, Any]] = {}
+    done = threading.Event()
+
+    def on_message(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
+        body = orjson.loads(m.payload)
+        if body.get("state") == "online" and "stages" in body and m.retain == 0:
+            got[m.topic] = body["stages"]
+            if len(got) >= n:
+                done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=uuid.uuid4().hex[:8])
+    client.on_message = on_message
+    ready = threading.Event()
+    client.on_subscribe = lambda *_a: ready.set()
+    client.on_connect = lambda c, *_a: c.subscribe(f"{prefix}/status/+", qos=1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    ready.wait(10)
+    client.publish(f"{prefix}/commands/all", b'{"command": "status"}', qos=1).wait_for_publish(5)
+    done.wait(timeout_s)
+    client.loop_stop()
+    client.disconnect()
+    return [got[k] for k in sorted(got)]
+
+
 def agent_pids(proc: subprocess.Popen[bytes]) -> list[int]:
     """The agent processes: the supervisor's children, or the process itself."""
     return children(proc.pid) or [proc.pid]
@@ -609,6 +637,31 @@ def report(
     return lines
 
 
+STAGES = (
+    ("decode", "decode + validate (network thread)"),
+    ("queued", "wait in the pipeline queue"),
+    ("diagnose", "diagnose (features, search, decision; batch share)"),
+    ("alert", "build the alert, hand it to the outbox"),
+    ("received_to_durable", "receipt -> alert committed (whole agent)"),
+)
+
+
+def profile_table(stages: list[dict[str, Any]]) -> str:
+    """The hot path's profile: per-window cost of each stage, per agent process, over the
+    whole run (warm-up and every phase)."""
+    rows = []
+    for label_key, label in STAGES:
+        cells = [label]
+        for proc in stages:
+            stage = proc.get(label_key)
+            cells.append(
+                "-" if stage is None else f"{stage['mean_ms']:.2f} / {stage['p99_ms']:.1f}"
+            )
+        rows.append(cells)
+    columns = ["stage, per window: mean / p99 ms"] + [f"process {i}" for i in range(len(stages))]
+    return tables.text_table(columns, rows, first=52, width=16)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_window_args(parser, windows=2000, fmt="binary")
@@ -660,11 +713,13 @@ def main() -> None:
                 port, agent, windows, args.format, args.outstanding, args.paced_fraction
             )
             rss = [rss_mb(p) for p in agent_pids(proc)]
+            stages = stage_profiles(port, "bench", args.processes)
         finally:
             proc.terminate()
             proc.wait(60)
     lines = report(results, args.outstanding, rss)
     print("\n".join(lines))
+    print(profile_table(stages))
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -673,6 +728,7 @@ def main() -> None:
                     "processes": args.processes,
                     "results": results,
                     "rss_mb": rss,
+                    "stages": stages,
                 },
                 indent=1,
             )
