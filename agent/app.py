@@ -35,6 +35,7 @@ from faultline.agent.settings_errors import ConfigProblem
 from faultline.agent.threads import limit_library_threads
 from faultline.agent.transport.mqtt import InboundMessage, MqttTransport
 from faultline.agent.transport.payloads import (
+    QUOTE_LIMIT,
     AlertRecord,
     ErrorRecord,
     PayloadError,
@@ -46,6 +47,7 @@ from faultline.agent.transport.payloads import (
     encode_alert,
     encode_error,
     new_message_id,
+    quoted,
 )
 from faultline.agent.transport.topics import Topics, build_topics
 from faultline.encoders.projection import ProjectionError
@@ -63,6 +65,9 @@ from faultline.fault_library.knowledge_store import (
 from faultline.fault_library.library import FaultLibrary
 
 log = logging.getLogger(__name__)
+
+TOPIC_LIMIT = 256  # characters of a client's topic an error or a log line repeats
+REASON_LIMIT = 400  # characters of a rejection's reason, whatever produced it
 
 
 def topics_from_settings(settings: Settings) -> Topics:
@@ -677,9 +682,17 @@ class Agent:
         ack: Callable[[], None] | None = None,
         about: str | None = None,
     ) -> None:
-        """Count, log and publish a rejection where operators see it; keep serving."""
+        """Count, log and publish a rejection where operators see it; keep serving.
+
+        The topic and asset come from the client (a topic may be 65,535 bytes) and are
+        quoted short; the reason is cut to ``REASON_LIMIT`` characters as a last guard (the
+        decoders already quote what they echo)."""
         self.counters.add("rejected")
         self.counters.add(f"rejected.{code}")
+        topic = topic if len(topic) <= TOPIC_LIMIT else quoted(topic, TOPIC_LIMIT)
+        asset = asset if asset is None or len(asset) <= QUOTE_LIMIT else quoted(asset)
+        if len(reason) > REASON_LIMIT:
+            reason = f"{reason[:REASON_LIMIT]}... ({len(reason):,} characters)"
         log.warning("rejected message on %s (asset %s): %s: %s", topic, asset, code, reason)
         self._publish_error(topic, asset, code, reason, answers=answers, ack=ack, about=about)
 

@@ -175,3 +175,27 @@ def test_a_command_of_deeply_nested_json_is_answered_not_dropped(
         agent.stop()
     assert len(errors) == 2
     assert agent.transport.stats["handler_errors"] == 0
+
+
+def test_a_huge_asset_level_is_quoted_short_in_the_error(
+    mosquitto_session: object,
+    test_library: FaultLibrary,
+    encoder: SpectrumEncoder,
+    unique_prefix: str,
+) -> None:
+    """A client chooses the topic (up to 65,535 bytes): the error repeats a short, quoted
+    prefix of it and of the asset level, not the whole (issue 14, echo nothing large)."""
+    port = mosquitto_session.port  # type: ignore[attr-defined]
+    agent = start_agent(agent_settings(port, unique_prefix), test_library, encoder)
+    collector = Collector("127.0.0.1", port, [f"{unique_prefix}/errors"])
+    sensor = sensor_client(port)
+    try:
+        asset = "a" * 20_000
+        sensor.publish(agent.topics.window(asset), b"not json", qos=1).wait_for_publish(5)
+        [(_t, error)] = collector.wait_for(lambda t, b: b.get("code") == "malformed_json")
+    finally:
+        sensor.loop_stop()
+        collector.close()
+        agent.stop()
+    assert len(json.dumps(error)) < 2_000
+    assert "20,000 characters" in error["asset"]

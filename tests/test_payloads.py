@@ -357,3 +357,15 @@ def test_message_ids_are_unique_uuid7_and_time_sortable() -> None:
     earlier = new_message_id()
     time.sleep(0.002)
     assert new_message_id() > earlier
+
+
+def test_a_huge_client_string_is_quoted_short() -> None:
+    """Issue 14: a 1.6 MB bearing name came back whole in the error; now a short, escaped
+    prefix and the length."""
+    name = "\x1b[31m" + "x" * 1_600_000
+    with pytest.raises(PayloadError) as info:
+        decode_window("a", _window_json(bearing=name), LIMITS)
+    assert info.value.code == "unknown_bearing"
+    assert len(info.value.message) < 300
+    assert "1,600,005 characters" in info.value.message
+    assert "\x1b" not in info.value.message  # escaped: no terminal control reaches a log

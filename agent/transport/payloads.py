@@ -57,6 +57,7 @@ __all__ = [
     "encode_window_binary",
     "encode_window_json",
     "new_message_id",
+    "quoted",
 ]
 
 ALERT_SCHEMA = "faultline.alert/1"
@@ -219,8 +220,24 @@ def _bearing(obj: dict[str, Any]) -> BearingGeometry | None:
         raise PayloadError("wrong_type", f"field 'bearing' must be a string, got {_kind(name)}")
     try:
         return bearing_preset(name)
-    except ValueError as exc:
-        raise PayloadError("unknown_bearing", str(exc)) from None
+    except ValueError:
+        known = ", ".join(sorted(BEARING_PRESETS))
+        raise PayloadError(
+            "unknown_bearing", f"unknown bearing preset {quoted(name)}; known presets: {known}"
+        ) from None
+
+
+QUOTE_LIMIT = 48
+
+
+def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """A client-supplied string as an error message or a log line may show it: escaped
+    (``repr``, so control characters and terminal escapes stay inert) and cut to ``limit``
+    characters with its full length said. A 1.6 MB "bearing" name once came back as a
+    1.5 MB error message and a 1.5 MB log line (issue 14): nothing large is echoed."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
 
 
 def _check_ts(ts: float) -> float:
