@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from faultline.agent import __version__
+from faultline.agent.error_budget import ErrorBudget
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
 from faultline.agent.metrics import Counters, StageTimes
 from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
@@ -259,6 +260,11 @@ class Agent:
             else None
         )
         self._limits = limits_from_settings(settings)
+        self._error_budget = ErrorBudget(
+            settings.limits.errors_per_s,
+            settings.limits.error_burst,
+            settings.limits.error_summary_s,
+        )
         # Everything the agent says goes through the outbox; built before the transport,
         # whose callbacks (PUBACK, link changes) it needs.
         self.outbox = outbox_from_settings(settings, self._on_outbox_fault)
@@ -336,6 +342,7 @@ class Agent:
         if self.watcher is not None:
             self.watcher.stop()
         left = self.pipeline.stop(self.settings.pipeline.drain_timeout_s)
+        self.tick(final=True)
         if left:
             # Not acknowledged: the broker redelivers them at the next start.
             log.warning("%d queued windows were not processed before the drain bound", left)
@@ -366,7 +373,7 @@ class Agent:
         gc.freeze()
         try:
             while not stop.wait(1.0):
-                pass
+                self.tick()
         finally:
             self.stop()
 
@@ -691,10 +698,26 @@ class Agent:
         self.counters.add(f"rejected.{code}")
         topic = topic if len(topic) <= TOPIC_LIMIT else quoted(topic, TOPIC_LIMIT)
         asset = asset if asset is None or len(asset) <= QUOTE_LIMIT else quoted(asset)
+        if not self._error_budget.admit(asset or topic, code, time.monotonic(), topic):
+            # Over the source's budget: counted above, summarised by tick(), not said alone.
+            self.counters.add("rejected.summarised")
+            if ack is not None:
+                ack()
+            return
         if len(reason) > REASON_LIMIT:
             reason = f"{reason[:REASON_LIMIT]}... ({len(reason):,} characters)"
         log.warning("rejected message on %s (asset %s): %s: %s", topic, asset, code, reason)
         self._publish_error(topic, asset, code, reason, answers=answers, ack=ack, about=about)
+
+    def tick(self, *, final: bool = False) -> None:
+        """Housekeeping, once a second from the main loop (and at stop, ``final``): publish
+        the summaries of rejections that were over their source's budget."""
+        for summary in self._error_budget.due(time.monotonic(), everything=final):
+            asset = None if summary.source == summary.topic else summary.source
+            log.warning(
+                "rejected message on %s (asset %s): %s", summary.topic, asset, summary.reason()
+            )
+            self._publish_error(summary.topic, asset, "rejections_summarised", summary.reason())
 
     def _on_link_change(self, up: bool) -> None:
         self.outbox.link_changed(up)

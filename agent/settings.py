@@ -235,6 +235,24 @@ class LimitSettings(_Section):
         le=4_194_305,
         description="Most magnitude bins a spectrum may carry.",
     )
+    errors_per_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=10_000,
+        description=(
+            "Rejections one source (asset, else topic) may publish per second; beyond it "
+            "they are counted and summarised."
+        ),
+    )
+    error_burst: int = Field(
+        default=20, ge=1, le=100_000, description="Rejections one source may publish at once."
+    )
+    error_summary_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often a source's summarised rejections are published, s.",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> LimitSettings:

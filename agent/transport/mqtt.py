@@ -436,13 +436,16 @@ class MqttTransport:
         )
         self._link_down.clear()
         self._link_up.set()
-        self._publish_online()
         # Listeners hear of the link before anyone waiting in wait_connected() is released:
         # what those waiters publish next is then live, not taken for a replay.
         self._notify(True)
         if filters:
+            # "online" waits for the SUBACK (_on_subscribe): a sensor that starts on our
+            # online status must not publish into subscriptions that do not exist yet
+            # (on a first connection the broker would drop those windows).
             self._send_subscribe(filters, track=True)
         else:
+            self._publish_online()
             self._ready.set()
 
     def _on_disconnect(
@@ -554,6 +557,7 @@ class MqttTransport:
             log.error("MQTT broker refused subscriptions (mid %d): %s", mid, ", ".join(failed))
         if mid == self._pending_sub_mid:
             self._pending_sub_mid = None
+            self._publish_online()
             self._ready.set()
 
     # ------------------------------------------------------------------ helpers
