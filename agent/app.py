@@ -24,6 +24,7 @@ from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
 from faultline.agent.metrics import Counters, StageTimes
 from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
 from faultline.agent.pipeline import Diagnosis, Job, Pipeline
+from faultline.agent.prometheus import AgentView, MetricsServer
 from faultline.agent.questions.answer import ANSWER_SCHEMA, Answer
 from faultline.agent.questions.history import AlertNote, AssetHistory
 from faultline.agent.questions.parse import Question, QuestionError
@@ -313,10 +314,17 @@ class Agent:
             publish=self._publish_report,
             on_mode_change=self.transport.publish_status,
         )
+        self.metrics = (
+            MetricsServer(self._metrics_view(), settings.metrics.host, settings.metrics.port)
+            if settings.metrics.enabled
+            else None
+        )
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         limit_library_threads(self.settings.pipeline.library_threads)
+        if self.metrics is not None:
+            self.metrics.start()
         self.outbox.start()
         self.questions.start()
         if self.reports is not None:
@@ -357,6 +365,8 @@ class Agent:
         if waiting:
             log.info("%d outgoing messages stay in the outbox for the next start", waiting)
         self.transport.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.library.close()
         log.info("agent stopped; counters %s", json.dumps(self.counters.snapshot()))
 
@@ -788,19 +798,36 @@ class Agent:
             if ack is not None:
                 ack()
 
-    def _status_fields(self) -> dict[str, object]:
+    def _library_summary(self) -> dict[str, object]:
+        """The library being served, as the status and the metrics show it."""
         library = self.library.current
         views = library.info().get("views", {})
+        return {
+            "version": library.version,
+            "model_id": library.model_id,
+            "signatures": {view: v.get("count") for view, v in views.items()},
+            "index": {view: v.get("index") for view, v in views.items()},
+        }
+
+    def _metrics_view(self) -> AgentView:
+        return AgentView(
+            counters=self.counters,
+            stages=self.stages,
+            backlog=lambda: self.pipeline.backlog,
+            outbox=self.outbox.stats,
+            transport=lambda: self.transport.stats,
+            connected=lambda: self.transport.connected,
+            library=self._library_summary,
+            reports=lambda: None if self.reports is None else self.reports.status(),
+            questions=self.questions.status,
+        )
+
+    def _status_fields(self) -> dict[str, object]:
         return {
             "agent": self.client_id,
             "version": __version__,
             "since": self._started_at,
-            "library": {
-                "version": library.version,
-                "model_id": library.model_id,
-                "signatures": {view: v.get("count") for view, v in views.items()},
-                "index": {view: v.get("index") for view, v in views.items()},
-            },
+            "library": self._library_summary(),
             "topics": {"alerts": self.topics.alert("+"), "errors": self.topics.errors},
             "outbox": self.outbox.stats(),
             "reports": None if self.reports is None else self.reports.status(),

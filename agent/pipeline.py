@@ -170,6 +170,7 @@ class Pipeline:
         taken = time.monotonic()
         for job in batch:
             self._stages.add("queued", taken - job.received_at)
+        self._stages.add_batch(len(batch))
         library = self._library()
         by_view: dict[str, list[Job]] = {}
         for job in batch:

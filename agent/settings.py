@@ -474,6 +474,21 @@ MachineClass = Literal[
 AccelUnit = Literal["g", "m/s2"]
 
 
+class MetricsSettings(_Section):
+    enabled: bool = Field(default=False, description="Serve Prometheus metrics over HTTP.")
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the metrics endpoint listens on (0.0.0.0: every interface).",
+    )
+    port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Port of /metrics; with N processes, process i serves port + i; 0: any.",
+    )
+
+
 class ReportSettings(_Section):
     """Diagnostic reports written on the gateway (agent/reports/)."""
 
@@ -576,6 +591,9 @@ class Settings(_Section):
     )
     severity: SeveritySettings = Field(
         default_factory=SeveritySettings, description="How severity is judged by default."
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="Prometheus metrics endpoint."
     )
     reports: ReportSettings = Field(
         default_factory=ReportSettings, description="Diagnostic reports (local LLM)."

@@ -65,7 +65,10 @@ def process_env(settings: Settings, index: int, group: str) -> dict[str, str]:
         outbox_path = outbox.with_name(f"{outbox.stem}-p{index}{outbox.suffix}")
     else:
         outbox_path = data_dir / "outbox.sqlite"
+    metrics = settings.metrics
+    port = metrics.port + index if metrics.port else 0
     return {
+        "FAULTLINE__METRICS__PORT": str(port),
         "FAULTLINE__MQTT__CLIENT_ID": f"{settings.resolved_client_id()}-p{index}",
         "FAULTLINE__TOPICS__SHARED_GROUP": group,
         "FAULTLINE__DATA_DIR": str(data_dir),
