@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from faultline.agent.metrics import Counters, StageTimes
 from faultline.encoders.severity import Severity
-from faultline.encoders.signals import Measurement
+from faultline.encoders.signals import Measurement, Window
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.diagnosis import DecisionPolicy, View, WindowResult, diagnose_batch
 from faultline.fault_library.library import FaultLibrary, Neighbour
@@ -27,6 +27,11 @@ from faultline.fault_library.physics import LineEvidence
 from faultline.fault_library.verdict import Verdict
 
 log = logging.getLogger(__name__)
+
+
+def measurement_bytes(item: Measurement) -> int:
+    """What a queued measurement holds in memory: its samples or its magnitudes."""
+    return int(item.samples.nbytes if isinstance(item, Window) else item.magnitude.nbytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,7 @@ class Pipeline:
         counters: Counters,
         stages: StageTimes | None = None,
         queue_size: int = 256,
+        queue_max_bytes: int = 64 * 2**20,
         batch_max: int = 32,
         batch_wait_s: float = 0.005,
         workers: int = 1,
@@ -82,6 +88,12 @@ class Pipeline:
         self._counters = counters
         self._stages = stages or StageTimes()
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
+        # Windows are bounded in bytes as well as in number: 256 windows of 480,000 samples
+        # would hold 490 MB. Bytes are reserved before a job is queued and given back once
+        # its batch is processed (one job is always admitted, however large).
+        self._max_bytes = queue_max_bytes
+        self._queued_bytes = 0
+        self._room = threading.Condition()
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
         self._n_workers = workers
@@ -100,8 +112,18 @@ class Pipeline:
             thread.start()
             self._threads.append(thread)
 
+    @property
+    def backlog_bytes(self) -> int:
+        """Sample bytes of the windows queued or being processed."""
+        with self._room:
+            return self._queued_bytes
+
     def submit(self, job: Job) -> bool:
-        """Queue a job, blocking while the queue is full; False once stopping."""
+        """Queue a job, blocking while the queue is full (in number or in bytes); False
+        once stopping."""
+        size = measurement_bytes(job.measurement)
+        if not self._reserve(size):
+            return False
         while self._accepting.is_set():
             try:
                 self._queue.put(job, timeout=0.1)
@@ -109,7 +131,27 @@ class Pipeline:
                 return True
             except queue.Full:
                 self._counters.add("queue_full_waits")
+        self._release(size)
         return False
+
+    def _reserve(self, size: int) -> bool:
+        with self._room:
+            while (
+                self._accepting.is_set()
+                and self._queued_bytes > 0
+                and self._queued_bytes + size > self._max_bytes
+            ):
+                self._counters.add("queue_full_waits")
+                self._room.wait(0.1)
+            if not self._accepting.is_set():
+                return False
+            self._queued_bytes += size
+            return True
+
+    def _release(self, size: int) -> None:
+        with self._room:
+            self._queued_bytes -= size
+            self._room.notify_all()
 
     def stop(self, drain_timeout_s: float) -> int:
         """Stop intake, let workers finish what is queued within the bound.
@@ -137,6 +179,7 @@ class Pipeline:
             try:
                 self._process(batch)
             finally:
+                self._release(sum(measurement_bytes(job.measurement) for job in batch))
                 for _ in batch:
                     self._queue.task_done()
 

@@ -55,6 +55,7 @@ class AgentView:
     counters: Counters
     stages: StageTimes
     backlog: Callable[[], int]
+    backlog_bytes: Callable[[], int]
     outbox: Callable[[], Mapping[str, Any]]
     transport: Callable[[], Mapping[str, int]]
     connected: Callable[[], bool]
@@ -107,6 +108,11 @@ class AgentCollector(Collector):
             "faultline_pipeline_queue_depth",
             "Windows waiting for a pipeline worker.",
             value=self._view.backlog(),
+        )
+        yield GaugeMetricFamily(
+            "faultline_pipeline_queue_bytes",
+            "Sample bytes of the windows queued or being processed (pipeline.queue_max_mb).",
+            value=self._view.backlog_bytes(),
         )
         stage = HistogramMetricFamily(
             "faultline_stage_seconds",

@@ -269,6 +269,15 @@ class PipelineSettings(_Section):
         le=100_000,
         description="Windows waiting for a worker; when full, intake waits for room.",
     )
+    queue_max_mb: float = Field(
+        default=64.0,
+        gt=0,
+        le=65_536,
+        description=(
+            "Sample bytes the queue may hold, MB (one window is always admitted); with "
+            "queue_size, bounds the queue's memory."
+        ),
+    )
     batch_max: int = Field(default=32, ge=1, le=1024, description="Most windows per batch.")
     batch_wait_ms: float = Field(
         default=0.0,
