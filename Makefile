@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := agent encoders fault_library config models
 TYPECHECK_ROOT := .typecheck
 
-.PHONY: demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
+.PHONY: balena-tools demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
 
 # scripts/install.sh makes the venv and installs the project (llama.cpp's portable build
 # flags and the default GGUF package live there); the balena image runs the same script.
@@ -28,7 +28,17 @@ mosquitto:
 	  echo "mosquitto_rr not found: installing mosquitto-clients (a test asks questions with it)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends mosquitto-clients; }
 
-test: $(STAMP) mosquitto check
+# balena's own compose library (the parse and Dockerfile.template resolution balena-cli
+# runs before a build) for tests/test_balena.py; 7.4.1 is the last pure-JS release (8.x
+# fetches a Go binary at install, which this network cannot). hadolint comes with .[dev].
+BALENA_TOOLS := .tools
+$(BALENA_TOOLS)/node_modules/@balena/compose/package.json:
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	npm install --prefix $(BALENA_TOOLS) --no-audit --no-fund --silent @balena/compose@7.4.1
+
+balena-tools: $(BALENA_TOOLS)/node_modules/@balena/compose/package.json
+
+test: $(STAMP) mosquitto balena-tools check
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -64,4 +74,4 @@ bench-outbox: $(STAMP) mosquitto
 	$(BIN)/python bench/outbox.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TYPECHECK_ROOT) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TYPECHECK_ROOT) $(BALENA_TOOLS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
