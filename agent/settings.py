@@ -41,6 +41,7 @@ __all__ = [
     "ConfigProblem",
     "EncoderSettings",
     "GeometrySettings",
+    "HealthSettings",
     "LibrarySettings",
     "LimitSettings",
     "MqttSettings",
@@ -583,6 +584,21 @@ AssetId = Annotated[
 ]
 
 
+class HealthSettings(_Section):
+    stuck_after_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=86400,
+        description="Unhealthy when windows are queued and none finished for this long, s.",
+    )
+    offline_after_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=86400,
+        description="Unhealthy when the broker has been unreachable this long, s.",
+    )
+
+
 class Settings(_Section):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
     topics: TopicSettings = Field(default_factory=TopicSettings, description="Topic names.")
@@ -606,6 +622,9 @@ class Settings(_Section):
     )
     reports: ReportSettings = Field(
         default_factory=ReportSettings, description="Diagnostic reports (local LLM)."
+    )
+    health: HealthSettings = Field(
+        default_factory=HealthSettings, description="What `faultline health` calls unhealthy."
     )
     assets: dict[AssetId, AssetSettings] = Field(
         default={},

@@ -72,7 +72,9 @@ def test_processes_share_the_stream_and_stop_together(
     agent = AgentProcess(env, tmp_path / "agent.log", ["--processes", "2"]).start()
     try:
         _wait(lambda: set(_online(collector)) == {"gw-1-p0", "gw-1-p1"}, 120, "two online")
-        assert sorted(os.listdir(tmp_path / "state")) == ["process-0", "process-1"]
+        # Each process's own state; the supervisor's health file lists theirs.
+        state = sorted(os.listdir(tmp_path / "state"))
+        assert state == ["health.json", "process-0", "process-1"], state
 
         windows = list(
             itertools.chain.from_iterable(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from faultline.agent.app import (
@@ -14,9 +16,18 @@ from faultline.agent.app import (
     encoder_from_settings,
     install_stop_signals,
 )
+from faultline.agent.health import (
+    HEALTH_FILE,
+    Beacon,
+    config_error_fields,
+    health_path,
+)
 from faultline.agent.library_setup import load_or_build_library
 from faultline.agent.settings import ConfigError, Settings, load_settings
-from faultline.agent.supervisor import Supervisor, child_argv
+from faultline.agent.supervisor import Supervisor, child_argv, process_env
+
+log = logging.getLogger(__name__)
+ON_CONFIG_ERROR_ENV = "FAULTLINE_ON_CONFIG_ERROR"
 
 
 def add_parser(sub: Any) -> None:
@@ -42,6 +53,17 @@ def add_parser(sub: Any) -> None:
             "subscription (default: pipeline.processes, 1)"
         ),
     )
+    parser.add_argument(
+        "--on-config-error",
+        choices=["exit", "wait"],
+        default=os.environ.get(ON_CONFIG_ERROR_ENV, "exit"),
+        help=(
+            "exit: print the problems and exit 2 (default); wait: log them, report "
+            "'config error' to `faultline health` and wait for SIGTERM instead of exiting, "
+            "so a container does not crash-loop on a bad device variable (the balena "
+            f"image's choice). Default from ${ON_CONFIG_ERROR_ENV}"
+        ),
+    )
     parser.set_defaults(handler=run)
 
 
@@ -55,16 +77,31 @@ def settings_or_exit(path: str | None) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_or_exit(args.config)
-    logging.getLogger().setLevel(args.log_level or settings.log_level)
-    # Handle SIGTERM from the very start: balena may stop us during a library build.
+    # Handle SIGTERM from the very start: balena may stop us during a library build, or
+    # while we wait on a configuration error.
     stop = threading.Event()
     install_stop_signals(stop)
-    encoder = encoder_from_settings(settings)
-    root = default_library_root(settings)
-    library = load_or_build_library(
-        root, encoder, rebuild=settings.library.rebuild, shards=settings.library.shards
-    )
+    loaded: Settings | None = None
+    try:
+        settings = loaded = load_settings(args.config)
+        logging.getLogger().setLevel(args.log_level or settings.log_level)
+        encoder = encoder_from_settings(settings)
+    except ConfigError as exc:
+        if args.on_config_error != "wait":
+            raise  # the CLI prints every problem and exits 2
+        # Where `faultline health` looks: it loads the same settings (or fails alike).
+        return wait_on_config_error(exc, stop, health_path(loaded))
+    starting = Beacon(
+        health_path(settings),
+        lambda: {"state": "starting", "reason": "starting: opening (or building) the library"},
+    ).start()
+    try:
+        root = default_library_root(settings)
+        library = load_or_build_library(
+            root, encoder, rebuild=settings.library.rebuild, shards=settings.library.shards
+        )
+    finally:
+        starting.stop()
     processes = settings.pipeline.processes if args.processes is None else args.processes
     if processes < 1:
         print("faultline: --processes must be at least 1", file=sys.stderr)
@@ -77,4 +114,36 @@ def run(args: argparse.Namespace) -> int:
     # The library is built (or checked) once, above; each process opens that folder.
     library.close()
     supervisor = Supervisor(settings, processes, argv=child_argv(args.config, args.log_level))
-    return supervisor.run(stop)
+    members = [
+        str(Path(process_env(settings, i, supervisor.group)["FAULTLINE__DATA_DIR"]) / HEALTH_FILE)
+        for i in range(processes)
+    ]
+    beacon = Beacon(
+        health_path(settings),
+        lambda: {"state": "supervising", "reason": f"{processes} processes", "members": members},
+    ).start()
+    try:
+        return supervisor.run(stop)
+    finally:
+        beacon.stop()
+
+
+def wait_on_config_error(error: ConfigError, stop: threading.Event, path: Path) -> int:
+    """Log the problems, say "config error" in the health file, wait for SIGTERM.
+
+    On balena a changed device variable restarts the service with the new value, so
+    waiting is the right thing to do: a crash loop would only bury the message that names
+    the key under restarts. Returns 0 (stopped as asked).
+    """
+    log.error(
+        "invalid configuration; fix the device variable or file named below (waiting, not "
+        "exiting: --on-config-error wait):\n%s",
+        error,
+    )
+    beacon = Beacon(path, lambda: config_error_fields(error)).start()
+    try:
+        while not stop.wait(600.0):
+            log.error("still waiting for a valid configuration:\n%s", error)
+    finally:
+        beacon.stop()
+    return 0

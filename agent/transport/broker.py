@@ -143,7 +143,11 @@ class MosquittoProcess:
         autosave_interval_s: int = 1,
         binary: str | None = None,
         workdir: Path | None = None,
+        config: str | None = None,
     ) -> None:
+        """``config``: a whole mosquitto.conf to run instead of the generated one (its
+        listener must be ``port``), e.g. the gateway broker's as ``balena/mosquitto``
+        renders it."""
         found = binary or find_mosquitto()
         if found is None:
             raise BrokerStartError("mosquitto binary not found (apt-get install -y mosquitto)")
@@ -158,9 +162,13 @@ class MosquittoProcess:
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._config = config
         self._write_conf()
 
     def _write_conf(self) -> None:
+        if self._config is not None:
+            self.conf_path.write_text(self._config, encoding="utf-8")
+            return
         lines = [
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
