@@ -169,13 +169,9 @@ class AgentCollector(Collector):
             ("expired", "Messages dropped at their time to live"),
             ("rejected", "Messages refused by the size cap (reject_new)"),
         ):
-            family = CounterMetricFamily(
-                f"faultline_outbox_{field}_total", f"{doc}, by class.", labels=["class"]
+            yield _labelled_counter(
+                f"faultline_outbox_{field}_total", f"{doc}, by class.", "class", stats.get(field)
             )
-            per_class = stats.get(field) or {}
-            for cls, value in sorted(per_class.items()):
-                family.add_metric([cls], float(value))
-            yield family
         yield CounterMetricFamily(
             "faultline_outbox_replayed_total",
             "Messages sent again after a reconnect or a restart.",
@@ -219,28 +215,32 @@ class AgentCollector(Collector):
     def _workers(self) -> Iterator[Metric]:
         reports = self._view.reports()
         if reports is not None:
-            family = CounterMetricFamily(
-                "faultline_reports_total",
-                "Report offers and outcomes, by outcome.",
-                labels=["outcome"],
+            yield _labelled_counter(
+                "faultline_reports_total", "Report offers and outcomes.", "outcome", reports
             )
-            for key, value in sorted(reports.items()):
-                if isinstance(value, int) and key != "queue":
-                    family.add_metric([key], float(value))
-            yield family
             yield GaugeMetricFamily(
                 "faultline_reports_queue_depth",
                 "Reports waiting for the writer.",
                 value=float(reports.get("queue", 0) or 0),
             )
-        questions = self._view.questions()
-        family = CounterMetricFamily(
-            "faultline_questions_total", "Questions and outcomes, by outcome.", labels=["outcome"]
+        yield _labelled_counter(
+            "faultline_questions_total",
+            "Questions and outcomes.",
+            "outcome",
+            self._view.questions(),
         )
-        for key, value in sorted(questions.items()):
-            if isinstance(value, int) and key != "queue":
-                family.add_metric([key], float(value))
-        yield family
+
+
+def _labelled_counter(
+    name: str, doc: str, label: str, values: Mapping[str, Any] | None
+) -> CounterMetricFamily:
+    """One counter family from a mapping of counts (non-count entries, such as a queue
+    depth or a description, are left out)."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, value in sorted((values or {}).items()):
+        if isinstance(value, int) and not isinstance(value, bool) and key != "queue":
+            family.add_metric([key], float(value))
+    return family
 
 
 def _le(bound: float) -> str:
