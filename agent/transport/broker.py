@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -143,7 +144,11 @@ class MosquittoProcess:
         autosave_interval_s: int = 1,
         binary: str | None = None,
         workdir: Path | None = None,
+        extra_conf: Sequence[str] = (),
     ) -> None:
+        """``extra_conf``: lines appended to the generated mosquitto.conf (e.g. a TLS
+        listener with its cafile/certfile/keyfile, an acl_file); the plain loopback
+        listener on ``port`` stays, for clients that need no TLS."""
         found = binary or find_mosquitto()
         if found is None:
             raise BrokerStartError("mosquitto binary not found (apt-get install -y mosquitto)")
@@ -152,6 +157,7 @@ class MosquittoProcess:
         self.port = port if port is not None else free_port()
         self.persistence = persistence
         self.autosave_interval_s = autosave_interval_s
+        self.extra_conf = list(extra_conf)
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="faultline-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -187,6 +193,7 @@ class MosquittoProcess:
         if os.geteuid() == 0:
             # As root mosquitto would drop to user "mosquitto", who cannot write our temp dir.
             lines.append(f"user {getpass.getuser()}")
+        lines += self.extra_conf
         self.conf_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     @property
