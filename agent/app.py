@@ -248,6 +248,7 @@ class Agent:
                 interval_s=settings.library.watch_interval_s,
                 on_swap=self._on_library_swap,
                 on_refused=self._on_library_refused,
+                trust=settings.library.trust(),
             )
             if library_root is not None
             else None

@@ -8,11 +8,20 @@ import sys
 from collections.abc import Sequence
 
 from faultline.agent import __version__
-from faultline.agent.commands import assets, check_config, demo, diagnose, library, run, simulate
+from faultline.agent.commands import (
+    assets,
+    check_config,
+    demo,
+    diagnose,
+    keys,
+    library,
+    run,
+    simulate,
+)
 from faultline.agent.commands import eval as eval_command
 from faultline.agent.settings import ConfigError
 
-COMMANDS = (run, demo, simulate, diagnose, library, assets, eval_command, check_config)
+COMMANDS = (run, demo, simulate, diagnose, library, assets, eval_command, check_config, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from faultline.agent.settings_errors import ConfigError, ConfigProblem, KeyedVal
 from faultline.agent.settings_sources import CONFIG_ENV, load_layered
 from faultline.agent.transport.tls import TlsMaterialError, TlsParameters, check_tls_material
 from faultline.encoders.geometry import BEARING_PRESETS, BearingGeometry, bearing_preset
+from faultline.fault_library.signing import SignatureError, SigningKey, Trust, load_public_key
 
 __all__ = [
     "CONFIG_ENV",
@@ -399,6 +400,70 @@ class LibrarySettings(_Section):
         le=3600,
         description="How often to check for a newly published version (0: only on command).",
     )
+    trusted_keys: list[Path] = Field(
+        default=[],
+        max_length=16,
+        description="Ed25519 public keys (PEM) whose signatures on library versions and "
+        "model manifests are accepted; several during a key rotation.",
+    )
+    require_signature: bool = Field(
+        default=False,
+        description="Serve only library versions signed by a trusted key (unsigned or "
+        "wrongly signed versions are refused and reported; the old one keeps serving).",
+    )
+    require_signed_models: bool = Field(
+        default=False,
+        description="Start only if every model manifest in faultline.models has a "
+        "<manifest>.sig by a trusted key.",
+    )
+    signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) that `library build`, `add` and `reshard` "
+        "sign new versions with; for the machine that builds libraries, not gateways.",
+    )
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _one_key(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _keys_usable(self) -> LibrarySettings:
+        for i, path in enumerate(self.trusted_keys):
+            try:
+                load_public_key(path.expanduser())
+            except SignatureError as exc:
+                reason = str(exc).removeprefix(f"{path.expanduser()}: ")
+                raise KeyedValueError(
+                    ("trusted_keys", i), f"an ed25519 public key file ({reason})", str(path)
+                ) from None
+        needs_keys = self.require_signature or self.require_signed_models
+        if needs_keys and not self.trusted_keys:
+            what = "require_signature" if self.require_signature else "require_signed_models"
+            raise KeyedValueError(
+                ("trusted_keys",), f"at least one public key file when library.{what} is true", []
+            )
+        if self.signing_key is not None:
+            try:
+                SigningKey.load(self.signing_key.expanduser())
+            except SignatureError as exc:
+                reason = str(exc).removeprefix(f"{self.signing_key.expanduser()}: ")
+                raise KeyedValueError(
+                    ("signing_key",),
+                    f"an ed25519 private key file ({reason})",
+                    str(self.signing_key),
+                ) from None
+        return self
+
+    def trust(self, *, require: bool | None = None) -> Trust | None:
+        """The keys this gateway trusts (None: nothing configured, nothing checked)."""
+        required = self.require_signature if require is None else require
+        if not self.trusted_keys and not required:
+            return None
+        return Trust.from_files([p.expanduser() for p in self.trusted_keys], require=required)
+
+    def signer(self) -> SigningKey | None:
+        return SigningKey.load(self.signing_key.expanduser()) if self.signing_key else None
 
 
 OnFullPolicy = Literal["drop_oldest", "reject_new"]

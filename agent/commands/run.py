@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 import threading
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from faultline.agent.app import (
@@ -17,6 +19,10 @@ from faultline.agent.app import (
 from faultline.agent.library_setup import load_or_build_library
 from faultline.agent.settings import ConfigError, Settings, load_settings
 from faultline.agent.supervisor import Supervisor, child_argv
+from faultline.fault_library.library import LibraryError
+from faultline.fault_library.signing import SignatureError, Trust, verify_file
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: Any) -> None:
@@ -60,11 +66,26 @@ def run(args: argparse.Namespace) -> int:
     # Handle SIGTERM from the very start: balena may stop us during a library build.
     stop = threading.Event()
     install_stop_signals(stop)
+    try:
+        trust = settings.library.trust()
+        if settings.library.require_signed_models:
+            check_model_manifests(settings.library.trust(require=True))
+    except SignatureError as exc:
+        print(f"faultline: refusing to start: {exc}", file=sys.stderr)
+        return 1
     encoder = encoder_from_settings(settings)
     root = default_library_root(settings)
-    library = load_or_build_library(
-        root, encoder, rebuild=settings.library.rebuild, shards=settings.library.shards
-    )
+    try:
+        library = load_or_build_library(
+            root,
+            encoder,
+            rebuild=settings.library.rebuild,
+            shards=settings.library.shards,
+            trust=trust,
+        )
+    except LibraryError as exc:
+        print(f"faultline: no library to serve: {exc}", file=sys.stderr)
+        return 1
     processes = settings.pipeline.processes if args.processes is None else args.processes
     if processes < 1:
         print("faultline: --processes must be at least 1", file=sys.stderr)
@@ -78,3 +99,18 @@ def run(args: argparse.Namespace) -> int:
     library.close()
     supervisor = Supervisor(settings, processes, argv=child_argv(args.config, args.log_level))
     return supervisor.run(stop)
+
+
+def check_model_manifests(trust: Trust | None) -> None:
+    """Every model manifest shipped in ``faultline.models`` must carry a ``.sig`` by a
+    trusted key (``library.require_signed_models``); raises ``SignatureError`` naming it.
+    Each manifest pins its model files by sha256, and the encoders check those pins."""
+    if trust is None:
+        return
+    folder = Path(str(files("faultline.models")))
+    for manifest in sorted(folder.glob("*.json")):
+        try:
+            signer = verify_file(manifest, trust)
+        except SignatureError as exc:
+            raise SignatureError(f"model manifest {manifest}: {exc}") from None
+        log.info("model manifest %s signed by key %s", manifest.name, signer)
