@@ -263,7 +263,7 @@ _HINTS = {
 def explain_tls_error(exc: BaseException) -> str:
     """A sentence naming the setting to change; OpenSSL's own words when unknown."""
     if isinstance(exc, PinMismatchError):
-        return str(exc)
+        return str(exc.args[0])  # OSError's str() of one argument shows a tuple
     reason = str(getattr(exc, "reason", "") or "")
     detail = str(getattr(exc, "verify_message", "") or reason or exc)
     hint = _HINTS.get(reason)
