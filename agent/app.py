@@ -218,8 +218,7 @@ def transport_from_settings(
         reconnect_max_s=mqtt.reconnect_max_s,
         max_inflight=mqtt.max_inflight,
         max_queued_messages=mqtt.max_queued_messages,
-        tls=mqtt.tls,
-        ca_certs=str(mqtt.ca_certs) if mqtt.ca_certs else None,
+        tls=mqtt.tls_parameters(),
         status_topic=status_topic,
         status_online=status_online,
         on_message=on_message,
@@ -257,6 +256,7 @@ class Agent:
                 interval_s=settings.library.watch_interval_s,
                 on_swap=self._on_library_swap,
                 on_refused=self._on_library_refused,
+                trust=settings.library.trust(),
             )
             if library_root is not None
             else None
@@ -835,6 +835,7 @@ class Agent:
             "library": self._library_summary(),
             "topics": {"alerts": self.topics.alert("+"), "errors": self.topics.errors},
             "outbox": self.outbox.stats(),
+            "refused_by_broker": self.transport.refusals,
             "reports": None if self.reports is None else self.reports.status(),
             "questions": self.questions.status(),
             "stages": self.stages.snapshot(),

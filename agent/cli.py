@@ -14,6 +14,7 @@ from faultline.agent.commands import (
     demo,
     diagnose,
     health,
+    keys,
     library,
     run,
     simulate,
@@ -21,7 +22,9 @@ from faultline.agent.commands import (
 from faultline.agent.commands import eval as eval_command
 from faultline.agent.settings import ConfigError
 
-COMMANDS = (run, demo, simulate, diagnose, library, assets, eval_command, check_config, health)
+COMMANDS = (
+    run, demo, simulate, diagnose, library, assets, eval_command, check_config, health, keys
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

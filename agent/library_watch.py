@@ -3,8 +3,8 @@
 ``faultline library build`` (or ``library add``) publishes a version by atomically
 re-pointing ``<root>/current``. The watcher polls that link (cheap, no inotify needed on
 balena's overlay filesystems) and also reacts at once to a ``reload_library`` command on
-the MQTT command topic. A version that fails verification is refused and the one already
-loaded keeps serving.
+the MQTT command topic. A version that fails verification (files, encoder, or its signature
+when ``library.trusted_keys`` are set) is refused and the one already loaded keeps serving.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from faultline.fault_library.library import FaultLibrary, LibraryError, open_if_changed
+from faultline.fault_library.signing import Trust
 from faultline.fault_library.versions import current_target
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,10 @@ class LibraryWatcher:
         interval_s: float,
         on_swap: Callable[[FaultLibrary, FaultLibrary], None],
         on_refused: Callable[[str, str], None],
+        trust: Trust | None = None,
     ) -> None:
         self.root = root
+        self._trust = trust  # signatures checked before anything else (fault_library.signing)
         self._holder = holder
         self._expected_model_id = expected_model_id
         self._interval_s = interval_s
@@ -97,7 +100,7 @@ class LibraryWatcher:
             serving = self._holder.current
             try:
                 library = open_if_changed(
-                    serving, self.root, expected_model_id=self._expected_model_id
+                    serving, self.root, expected_model_id=self._expected_model_id, trust=self._trust
                 )
             except OSError as exc:
                 log.warning("cannot read %s/current: %s", self.root, exc)

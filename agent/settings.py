@@ -32,7 +32,9 @@ from pydantic import (
 
 from faultline.agent.settings_errors import ConfigError, ConfigProblem, KeyedValueError
 from faultline.agent.settings_sources import CONFIG_ENV, load_layered
+from faultline.agent.transport.tls import TlsMaterialError, TlsParameters, check_tls_material
 from faultline.encoders.geometry import BEARING_PRESETS, BearingGeometry, bearing_preset
+from faultline.fault_library.signing import SignatureError, SigningKey, Trust, load_public_key
 
 __all__ = [
     "CONFIG_ENV",
@@ -114,6 +116,27 @@ class MqttSettings(_Section):
     )
     tls: bool = Field(default=False, description="Connect with TLS.")
     ca_certs: Path | None = Field(default=None, description="CA bundle for TLS; unset: system.")
+    certfile: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) for mutual TLS; may hold the key too.",
+    )
+    keyfile: Path | None = Field(default=None, description="Private key of certfile (PEM).")
+    keyfile_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted keyfile (not logged)."
+    )
+    tls_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description="Lowest TLS version accepted."
+    )
+    tls_insecure: bool = Field(
+        default=False,
+        description="Skip checking that the broker's certificate names mqtt.host (the chain "
+        "is still verified). For test rigs only.",
+    )
+    server_fingerprint_sha256: str | None = Field(
+        default=None,
+        description="Pin the broker's certificate: its sha256 fingerprint (64 hex digits, "
+        "colons allowed); any other certificate is refused before the login is sent.",
+    )
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -124,10 +147,70 @@ class MqttSettings(_Section):
             return "5"
         return value
 
+    @field_validator("tls_version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        # YAML and env read an unquoted 1.2 as a float.
+        if isinstance(value, float) and str(value) in ("1.2", "1.3"):
+            return str(value)
+        return value
+
+    @field_validator("server_fingerprint_sha256")
+    @classmethod
+    def _fingerprint_form(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digits = value.replace(":", "").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digits):
+            raise ValueError("a sha256 fingerprint: 64 hex digits, colons allowed")
+        return digits
+
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttSettings:
         _ordered(self, "reconnect_min_s", "reconnect_max_s")
         return self
+
+    @model_validator(mode="after")
+    def _tls_material(self) -> MqttSettings:
+        """TLS keys only with tls on; every file opened as the connection will open it."""
+        tls_only = (
+            *("ca_certs", "certfile", "keyfile", "keyfile_password"),
+            *("server_fingerprint_sha256", "tls_insecure"),
+        )
+        used = [k for k in tls_only if getattr(self, k) not in (None, False)]
+        if used and not self.tls:
+            raise KeyedValueError(("tls",), f"true when mqtt.{used[0]} is set", False)
+        for key in ("keyfile", "keyfile_password"):
+            if getattr(self, key) is not None and self.certfile is None:
+                raise KeyedValueError(
+                    ("certfile",), f"a client certificate when mqtt.{key} is set", None
+                )
+        params = self.tls_parameters()
+        if params is not None:
+            try:
+                check_tls_material(params)
+            except TlsMaterialError as exc:
+                raise KeyedValueError((exc.key,), str(exc), exc.value) from None
+        return self
+
+    def tls_parameters(self) -> TlsParameters | None:
+        """The transport's TLS option group; None for plain MQTT."""
+        if not self.tls:
+            return None
+
+        def text(path: Path | None) -> str | None:
+            return str(path.expanduser()) if path is not None else None
+
+        password = self.keyfile_password
+        return TlsParameters(
+            ca_certs=text(self.ca_certs),
+            certfile=text(self.certfile),
+            keyfile=text(self.keyfile),
+            keyfile_password=password.get_secret_value() if password is not None else None,
+            min_version=self.tls_version,
+            insecure=self.tls_insecure,
+            fingerprint_sha256=self.server_fingerprint_sha256,
+        )
 
 
 _FILTER_FORM = "a topic filter with exactly one '+' level (the asset id), no '#' and no leading '$'"
@@ -345,6 +428,70 @@ class LibrarySettings(_Section):
         le=3600,
         description="How often to check for a newly published version (0: only on command).",
     )
+    trusted_keys: list[Path] = Field(
+        default=[],
+        max_length=16,
+        description="Ed25519 public keys (PEM) whose signatures on library versions and "
+        "model manifests are accepted; several during a key rotation.",
+    )
+    require_signature: bool = Field(
+        default=False,
+        description="Serve only library versions signed by a trusted key (unsigned or "
+        "wrongly signed versions are refused and reported; the old one keeps serving).",
+    )
+    require_signed_models: bool = Field(
+        default=False,
+        description="Start only if every model manifest in faultline.models has a "
+        "<manifest>.sig by a trusted key.",
+    )
+    signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) that `library build`, `add` and `reshard` "
+        "sign new versions with; for the machine that builds libraries, not gateways.",
+    )
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _one_key(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _keys_usable(self) -> LibrarySettings:
+        for i, path in enumerate(self.trusted_keys):
+            try:
+                load_public_key(path.expanduser())
+            except SignatureError as exc:
+                reason = str(exc).removeprefix(f"{path.expanduser()}: ")
+                raise KeyedValueError(
+                    ("trusted_keys", i), f"an ed25519 public key file ({reason})", str(path)
+                ) from None
+        needs_keys = self.require_signature or self.require_signed_models
+        if needs_keys and not self.trusted_keys:
+            what = "require_signature" if self.require_signature else "require_signed_models"
+            raise KeyedValueError(
+                ("trusted_keys",), f"at least one public key file when library.{what} is true", []
+            )
+        if self.signing_key is not None:
+            try:
+                SigningKey.load(self.signing_key.expanduser())
+            except SignatureError as exc:
+                reason = str(exc).removeprefix(f"{self.signing_key.expanduser()}: ")
+                raise KeyedValueError(
+                    ("signing_key",),
+                    f"an ed25519 private key file ({reason})",
+                    str(self.signing_key),
+                ) from None
+        return self
+
+    def trust(self, *, require: bool | None = None) -> Trust | None:
+        """The keys this gateway trusts (None: nothing configured, nothing checked)."""
+        required = self.require_signature if require is None else require
+        if not self.trusted_keys and not required:
+            return None
+        return Trust.from_files([p.expanduser() for p in self.trusted_keys], require=required)
+
+    def signer(self) -> SigningKey | None:
+        return SigningKey.load(self.signing_key.expanduser()) if self.signing_key else None
 
 
 OnFullPolicy = Literal["drop_oldest", "reject_new"]
@@ -721,9 +868,21 @@ def check_config(path: str | Path, env: Mapping[str, str] | None = None) -> tupl
         f"{path}: configuration OK",
         f"  broker:  {'mqtts' if m.tls else 'mqtt'}://{m.host}:{m.port} (MQTT {m.protocol}, "
         f"client id {s.resolved_client_id(env)}, QoS {m.qos})",
+        *([f"  tls:     {_tls_summary(m)}"] if m.tls else []),
         f"  topics:  {inputs}{share}",
         f"  assets:  {len(s.assets)}{assets}",
         f"  library: {s.resolved_library_path(env)}",
         f"  environment overrides: {n_env}",
     ]
     return True, "\n".join(lines)
+
+
+def _tls_summary(m: MqttSettings) -> str:
+    parts = [f"TLS {m.tls_version} or later", f"CA {m.ca_certs or 'system store'}"]
+    if m.certfile is not None:
+        parts.append(f"client certificate {m.certfile}")
+    if m.server_fingerprint_sha256:
+        parts.append(f"pinned {m.server_fingerprint_sha256[:16]}...")
+    if m.tls_insecure:
+        parts.append("HOST NAME NOT CHECKED (tls_insecure)")
+    return ", ".join(parts)

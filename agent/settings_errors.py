@@ -80,7 +80,8 @@ def dotted(loc: Iterable[str | int]) -> str:
 
 def show(value: Any, loc: Loc = ()) -> str:
     """Render a given value briefly, YAML-flavoured, never revealing a secret."""
-    if isinstance(value, SecretStr) or (loc and str(loc[-1]) in _SECRET_KEYS and value):
+    secret_key = bool(loc) and str(loc[-1]).endswith(_SECRET_KEYS)
+    if isinstance(value, SecretStr) or (secret_key and value):
         return "'***'"
     if value is None:
         return "null"

@@ -34,6 +34,7 @@ from faultline.fault_library.library import LibraryError, publish_version
 from faultline.fault_library.novelty import CALIBRATION_KEY, calibrate_library
 from faultline.fault_library.physics import LINE_RULES_KEY, fit_rules, rules_to_dict
 from faultline.fault_library.recordings import RecordingError, iter_windows, read_recording
+from faultline.fault_library.signing import SigningKey
 from faultline.fault_library.store import VIEWS, StoreError, describe_signature, signature_id
 from faultline.fault_library.versions import new_build_dir, write_lock
 from faultline.fault_library.writer import write_version
@@ -92,6 +93,7 @@ def build_library(
     progress: bool = True,
     calibrate: bool = True,
     knowledge: bool = True,
+    signer: SigningKey | None = None,
 ) -> Path:
     """Embed ``entries`` (those ``include`` accepts; ``segment`` gives each one's
     ``(start_s, stop_s)``), write a verified version with ``shards`` shards under
@@ -99,7 +101,8 @@ def build_library(
 
     ``calibrate``: measure per-class novelty thresholds and the vote temperature on the
     new library (``fault_library.novelty``) and store them in the manifest's ``source``.
-    ``knowledge``: store the fault-mode knowledge base with the version (knowledge_store)."""
+    ``knowledge``: store the fault-mode knowledge base with the version (knowledge_store).
+    ``signer``: sign the version (``signing``) before it is published."""
     chosen = [e for e in entries if include is None or include(e)]
     if not chosen:
         raise LibraryBuildError("no recordings selected for the library")
@@ -167,7 +170,9 @@ def build_library(
         if knowledge:
             write_knowledge(build_dir / KNOWLEDGE_FILE, kb_entries, TextEncoder())
         with write_lock(out_root):
-            return publish_version(out_root, build_dir, expected_model_id=encoder.model_id)
+            return publish_version(
+                out_root, build_dir, expected_model_id=encoder.model_id, signer=signer
+            )
     except LibraryBuildError:
         raise
     except (LibraryError, StoreError, OSError, ValueError) as exc:
@@ -448,6 +453,7 @@ def build_from_split(
     *,
     dataset: str,
     progress: bool = True,
+    signer: SigningKey | None = None,
 ) -> Path:
     """Build from the part of each recording ``split`` allows: ``(start_s, stop_s)``, or
     None to leave the recording out (held-out loads, the half of a record kept for tests).
@@ -460,4 +466,5 @@ def build_from_split(
         segment=lambda e: split(e) or (0.0, None),
         dataset=dataset,
         progress=progress,
+        signer=signer,
     )

@@ -44,6 +44,13 @@ from faultline.fault_library.physics import (
     rules_from_dict,
 )
 from faultline.fault_library.shards import merge_topk, owner
+from faultline.fault_library.signing import (
+    SignatureError,
+    SigningKey,
+    Trust,
+    sign_version,
+    verify_version,
+)
 from faultline.fault_library.store import VIEWS, SignatureStore, StoreError
 from faultline.fault_library.versions import (
     CURRENT,
@@ -104,10 +111,12 @@ class FaultLibrary:
         manifest_sha256: str,
         shards: dict[str, _Shard],
         verified: VerifyReport,
+        signed_by: str | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
         self.verified = verified
+        self.signed_by = signed_by  # key id of a verified signature; None: not checked/unsigned
         self._shards = shards
         # Build time first so names sort by age; the manifest hash tells same-second builds
         # apart and changes if anything in the version does.
@@ -136,11 +145,21 @@ class FaultLibrary:
         *,
         expected_model_id: str | None = None,
         shards: Sequence[str] | None = None,
+        trust: Trust | None = None,
     ) -> FaultLibrary:
-        """Verify and load ``shards`` (default: all); raise ``LibraryError`` naming the file."""
+        """Verify and load ``shards`` (default: all); raise ``LibraryError`` naming the file.
+
+        With ``trust``, the version's signature is checked first (``signing``): the
+        signature pins the manifest, which pins every shard file checked below."""
         version_dir = Path(path)
         if not version_dir.is_dir():
             raise LibraryError(f"{version_dir}: not a library version directory")
+        signed_by = None
+        if trust is not None:
+            try:
+                signed_by = verify_version(version_dir, trust)
+            except SignatureError as exc:
+                raise LibraryError(f"signature refused: {exc}") from None
         manifest, manifest_sha = load_manifest(version_dir)
         model_id = manifest["encoder"].get("model_id")
         if expected_model_id is not None and model_id != expected_model_id:
@@ -165,7 +184,7 @@ class FaultLibrary:
             for shard in loaded.values():
                 shard.store.close()
             raise
-        return cls(version_dir, manifest, manifest_sha, loaded, verified)
+        return cls(version_dir, manifest, manifest_sha, loaded, verified, signed_by)
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -431,11 +450,21 @@ def _open_shard(version_dir: Path, manifest: dict[str, Any], name: str) -> _Shar
 
 # -- library root: publish, open, reload ----------------------------------------------------
 def publish_version(
-    root: str | Path, built_dir: str | Path, *, expected_model_id: str | None = None
+    root: str | Path,
+    built_dir: str | Path,
+    *,
+    expected_model_id: str | None = None,
+    signer: SigningKey | None = None,
 ) -> Path:
-    """Verify ``built_dir`` (every shard), move it to ``versions/<version>`` and point
-    ``current`` at it. Returns the published directory."""
-    with FaultLibrary.open(built_dir, expected_model_id=expected_model_id) as lib:
+    """Verify ``built_dir`` (every shard), sign it with ``signer`` if given, move it to
+    ``versions/<version>`` and point ``current`` at it. Returns the published directory."""
+    if signer is not None:
+        try:
+            sign_version(built_dir, signer)
+        except (SignatureError, OSError) as exc:
+            raise LibraryError(f"cannot sign {Path(built_dir).name}: {exc}") from None
+    trust = Trust({signer.key_id: signer.private.public_key()}) if signer else None
+    with FaultLibrary.open(built_dir, expected_model_id=expected_model_id, trust=trust) as lib:
         version = lib.version
     try:
         return switch_current(root, built_dir, version)
@@ -448,16 +477,23 @@ def open_current(
     *,
     expected_model_id: str | None = None,
     shards: Sequence[str] | None = None,
+    trust: Trust | None = None,
 ) -> FaultLibrary:
     target = current_target(root)
     if target is None:
         link = Path(root) / CURRENT
         raise LibraryError(f"{link}: no published library version (run `faultline library build`)")
-    return FaultLibrary.open(target, expected_model_id=expected_model_id, shards=shards)
+    return FaultLibrary.open(
+        target, expected_model_id=expected_model_id, shards=shards, trust=trust
+    )
 
 
 def open_if_changed(
-    current: FaultLibrary, root: str | Path, *, expected_model_id: str | None = None
+    current: FaultLibrary,
+    root: str | Path,
+    *,
+    expected_model_id: str | None = None,
+    trust: Trust | None = None,
 ) -> FaultLibrary | None:
     """A newly opened library if ``<root>/current`` now points at another version, else
     None; raises ``LibraryError`` (naming the file) when that version fails verification.
@@ -472,6 +508,7 @@ def open_if_changed(
             target,
             expected_model_id=current.model_id if expected_model_id is None else expected_model_id,
             shards=subset,
+            trust=trust,
         )
     except OSError as exc:
         raise LibraryError(f"{target.name}: {exc}") from exc

@@ -39,6 +39,7 @@ from faultline.fault_library.library import (
 from faultline.fault_library.novelty import CALIBRATION_KEY, calibrate_library
 from faultline.fault_library.recordings import RecordingError, iter_windows, read_recording
 from faultline.fault_library.shards import owner
+from faultline.fault_library.signing import SigningKey
 from faultline.fault_library.store import StoreError
 from faultline.fault_library.versions import new_build_dir, write_lock
 from faultline.fault_library.writer import resolve_shards, write_version
@@ -78,6 +79,7 @@ def derive_version(
     action: Mapping[str, Any],
     contents: Mapping[str, Contents] | None = None,
     progress: bool = False,
+    signer: SigningKey | None = None,
 ) -> DerivedVersion:
     """Publish ``base`` + ``extra_rows`` (numbered from 0 per view within ``extra_vectors``)
     over ``shards`` (default: ``base``'s). Indexes are rebuilt from the raw vectors with the
@@ -132,7 +134,7 @@ def derive_version(
             nprobe=policy.get("nprobe"),
             progress=progress,
         )
-        path = publish_version(root, build_dir, expected_model_id=base.model_id)
+        path = publish_version(root, build_dir, expected_model_id=base.model_id, signer=signer)
     except (LibraryError, StoreError, OSError, ValueError) as exc:
         raise LibraryBuildError(f"new version abandoned: {exc}") from exc
     finally:
@@ -163,6 +165,7 @@ def add_recording(
     start_s: float = 0.0,
     stop_s: float | None = None,
     progress: bool = False,
+    signer: SigningKey | None = None,
 ) -> DerivedVersion:
     """Publish current + the windows of one recording labelled ``label``.
 
@@ -219,6 +222,7 @@ def add_recording(
         window_s=window_s,
         progress=progress,
         action={"file": path.name, "segment_s": [start_s, stop_s]},
+        signer=signer,
     )
 
 
@@ -232,6 +236,7 @@ def add_windows(
     window_s: float,
     progress: bool = False,
     action: Mapping[str, Any] | None = None,
+    signer: SigningKey | None = None,
 ) -> DerivedVersion:
     """Publish current + ``windows`` as signatures citing ``source``.
 
@@ -253,6 +258,7 @@ def add_windows(
             extra_rows=rows,
             contents=contents,
             progress=progress,
+            signer=signer,
             action={
                 "action": "add",
                 "sha256": source.source_sha256,
@@ -272,6 +278,7 @@ def reshard(
     *,
     expected_model_id: str | None = None,
     progress: bool = False,
+    signer: SigningKey | None = None,
 ) -> DerivedVersion:
     """Publish the current signatures spread over ``shards`` (moves ~1/N per shard added)."""
     names = resolve_shards(shards)
@@ -281,6 +288,7 @@ def reshard(
             base,
             shards=names,
             progress=progress,
+            signer=signer,
             action={"action": "reshard", "from": list(base.all_shards), "to": list(names)},
         )
 

@@ -35,6 +35,7 @@ from faultline.fault_library.demo import DEMO_DIR
 from faultline.fault_library.labels import FAULT_LABELS, parse_fault_label
 from faultline.fault_library.library import FaultLibrary, LibraryError, open_current
 from faultline.fault_library.recordings import RecordingError, iter_windows
+from faultline.fault_library.signing import SignatureError, SigningKey, sign_version
 from faultline.fault_library.store import VIEWS
 from faultline.fault_library.updates import add_recording, reshard
 from faultline.fault_library.versions import current_version, list_versions, version_dir
@@ -61,6 +62,7 @@ def add_parser(sub: Any) -> None:
     _add_verify(verbs)
     _add_search(verbs)
     _add_reshard(verbs)
+    _add_sign(verbs)
 
 
 def _verb(
@@ -81,6 +83,30 @@ def _verb(
     )
     parser.set_defaults(handler=handler)
     return parser
+
+
+def _signing_arg(parser: Any) -> None:
+    parser.add_argument(
+        "--signing-key",
+        default=None,
+        metavar="KEY",
+        help="ed25519 private key (PEM, `faultline keys generate`) to sign the new version "
+        "with (default: the config's library.signing_key; none: unsigned)",
+    )
+
+
+def _add_sign(verbs: Any) -> None:
+    p = _verb(
+        verbs,
+        "sign",
+        "sign a published version (e.g. one built before signing was set up)",
+        "Verify a published version's files against its manifest, then sign it "
+        "(signature.json in the version folder). Gateways with library.require_signature "
+        "serve only signed versions.",
+        _sign,
+    )
+    p.add_argument("--version", default=None, help="version to sign (default: current)")
+    p.add_argument("--signing-key", required=True, metavar="KEY", help="private key (PEM)")
 
 
 def _add_build(verbs: Any) -> None:
@@ -131,6 +157,7 @@ def _add_build(verbs: Any) -> None:
         default="CWRU",
         help="data set name cited in every signature's provenance (default CWRU)",
     )
+    _signing_arg(p)
 
 
 def _add_add(verbs: Any) -> None:
@@ -158,6 +185,7 @@ def _add_add(verbs: Any) -> None:
     p.add_argument("--start", type=float, default=0.0, help="first second to use (default 0)")
     p.add_argument("--stop", type=float, default=None, help="last second to use (default: end)")
     add_recording_args(p)
+    _signing_arg(p)
 
 
 def _add_info(verbs: Any) -> None:
@@ -220,6 +248,7 @@ def _add_reshard(verbs: Any) -> None:
         _reshard,
     )
     p.add_argument("--shards", type=int, required=True, help="number of shards")
+    _signing_arg(p)
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -227,6 +256,13 @@ def _context(args: argparse.Namespace) -> tuple[Settings, Path]:
     settings = settings_or_exit(args.config)
     root = Path(args.root) if args.root else default_library_root(settings)
     return settings, root
+
+
+def _signer(args: argparse.Namespace, settings: Settings) -> SigningKey | None:
+    """--signing-key, else library.signing_key; SignatureError when it cannot be read."""
+    if args.signing_key:
+        return SigningKey.load(args.signing_key)
+    return settings.library.signer()
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -244,6 +280,10 @@ def _build(args: argparse.Namespace) -> int:
     except RecordingError as exc:
         return _fail(str(exc), 2)
     excluded = set(args.exclude_load)
+    try:
+        signer = _signer(args, settings)
+    except SignatureError as exc:
+        return _fail(str(exc), 2)
     encoder = encoder_from_settings(settings)
     try:
         build_library(
@@ -258,12 +298,14 @@ def _build(args: argparse.Namespace) -> int:
             factory=args.factory,
             nprobe=args.nprobe,
             shards=args.shards,
+            signer=signer,
         )
     except (LibraryBuildError, LibraryError) as exc:
         return _fail(f"{exc}; current version unchanged")
     try:
         with open_current(root, expected_model_id=encoder.model_id) as lib:
-            print(f"built library version {lib.version} from {source}")
+            signed = f", signed by key {signer.key_id}" if signer else ", unsigned"
+            print(f"built library version {lib.version} from {source}{signed}")
             print_info(lib, root, encoder.model_id)
     except LibraryError as exc:  # published and verified a moment ago: the disk is failing
         return _fail(f"built, but the new current version cannot be reopened: {exc}")
@@ -275,6 +317,10 @@ def _add(args: argparse.Namespace) -> int:
     try:
         label = parse_fault_label(args.label)
     except ValueError as exc:
+        return _fail(str(exc), 2)
+    try:
+        signer = _signer(args, settings)
+    except SignatureError as exc:
         return _fail(str(exc), 2)
     encoder = encoder_from_settings(settings)
     try:
@@ -296,6 +342,7 @@ def _add(args: argparse.Namespace) -> int:
             hop_s=args.hop,
             start_s=args.start,
             stop_s=args.stop,
+            signer=signer,
         )
     except (LibraryBuildError, LibraryError) as exc:
         return _fail(f"{exc}; current version unchanged")
@@ -309,9 +356,13 @@ def _add(args: argparse.Namespace) -> int:
 
 def _reshard(args: argparse.Namespace) -> int:
     settings, root = _context(args)
+    try:
+        signer = _signer(args, settings)
+    except SignatureError as exc:
+        return _fail(str(exc), 2)
     encoder = encoder_from_settings(settings)
     try:
-        result = reshard(root, args.shards, expected_model_id=encoder.model_id)
+        result = reshard(root, args.shards, expected_model_id=encoder.model_id, signer=signer)
     except (LibraryBuildError, LibraryError) as exc:
         return _fail(f"reshard: {exc}; current version unchanged")
     share = result.moved / result.total if result.total else 0.0
@@ -341,7 +392,11 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    _, root = _context(args)
+    settings, root = _context(args)
+    try:
+        trust = settings.library.trust()
+    except SignatureError as exc:
+        return _fail(str(exc), 2)
     if args.all:
         names = list_versions(root)
     else:
@@ -354,10 +409,15 @@ def _verify(args: argparse.Namespace) -> int:
     bad = 0
     for name in names:
         try:
-            with FaultLibrary.open(version_dir(root, name)) as lib:
+            with FaultLibrary.open(version_dir(root, name), trust=trust) as lib:
+                signed = (
+                    f"; signed by trusted key {lib.signed_by}"
+                    if lib.signed_by
+                    else ("; unsigned" if trust is not None else "")
+                )
                 print(
                     f"ok: version {name}: {lib.verified.files} files, {lib.verified.bytes:,} "
-                    f"bytes match the manifest; {len(lib.shards)} shard(s) load"
+                    f"bytes match the manifest; {len(lib.shards)} shard(s) load{signed}"
                 )
         except LibraryError as exc:
             bad += 1
@@ -398,4 +458,22 @@ def _search(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print_search(report)
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    _, root = _context(args)
+    name = args.version or current_version(root)
+    if name is None:
+        return _fail(f"{root}/current: no published library version")
+    try:
+        key = SigningKey.load(args.signing_key)
+        with FaultLibrary.open(version_dir(root, name)):
+            pass  # its files match its manifest: sign only what verifies
+        sign_version(version_dir(root, name), key)
+    except SignatureError as exc:
+        return _fail(str(exc), 2)
+    except (LibraryError, OSError) as exc:
+        return _fail(f"version {name} not signed: {exc}")
+    print(f"signed version {name} with key {key.key_id}")
     return 0

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from faultline.agent.health import (
 from faultline.agent.library_setup import load_or_build_library
 from faultline.agent.settings import ConfigError, Settings, load_settings
 from faultline.agent.supervisor import Supervisor, child_argv, process_env
+from faultline.fault_library.library import LibraryError
+from faultline.fault_library.signing import SignatureError, Trust, verify_file
 
 log = logging.getLogger(__name__)
 ON_CONFIG_ERROR_ENV = "FAULTLINE_ON_CONFIG_ERROR"
@@ -91,6 +94,13 @@ def run(args: argparse.Namespace) -> int:
             raise  # the CLI prints every problem and exits 2
         # Where `faultline health` looks: it loads the same settings (or fails alike).
         return wait_on_config_error(exc, stop, health_path(loaded))
+    try:
+        trust = settings.library.trust()
+        if settings.library.require_signed_models:
+            check_model_manifests(settings.library.trust(require=True))
+    except SignatureError as exc:
+        print(f"faultline: refusing to start: {exc}", file=sys.stderr)
+        return 1
     starting = Beacon(
         health_path(settings),
         lambda: {"state": "starting", "reason": "starting: opening (or building) the library"},
@@ -98,8 +108,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         root = default_library_root(settings)
         library = load_or_build_library(
-            root, encoder, rebuild=settings.library.rebuild, shards=settings.library.shards
+            root,
+            encoder,
+            rebuild=settings.library.rebuild,
+            shards=settings.library.shards,
+            trust=trust,
         )
+    except LibraryError as exc:
+        print(f"faultline: no library to serve: {exc}", file=sys.stderr)
+        return 1
     finally:
         starting.stop()
     processes = settings.pipeline.processes if args.processes is None else args.processes
@@ -147,3 +164,18 @@ def wait_on_config_error(error: ConfigError, stop: threading.Event, path: Path) 
     finally:
         beacon.stop()
     return 0
+
+
+def check_model_manifests(trust: Trust | None) -> None:
+    """Every model manifest shipped in ``faultline.models`` must carry a ``.sig`` by a
+    trusted key (``library.require_signed_models``); raises ``SignatureError`` naming it.
+    Each manifest pins its model files by sha256, and the encoders check those pins."""
+    if trust is None:
+        return
+    folder = Path(str(files("faultline.models")))
+    for manifest in sorted(folder.glob("*.json")):
+        try:
+            signer = verify_file(manifest, trust)
+        except SignatureError as exc:
+            raise SignatureError(f"model manifest {manifest}: {exc}") from None
+        log.info("model manifest %s signed by key %s", manifest.name, signer)

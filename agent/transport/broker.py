@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -144,10 +145,13 @@ class MosquittoProcess:
         binary: str | None = None,
         workdir: Path | None = None,
         config: str | None = None,
+        extra_conf: Sequence[str] = (),
     ) -> None:
         """``config``: a whole mosquitto.conf to run instead of the generated one (its
         listener must be ``port``), e.g. the gateway broker's as ``balena/mosquitto``
-        renders it."""
+        renders it. ``extra_conf``: lines appended to the generated mosquitto.conf (e.g. a
+        TLS listener with its cafile/certfile/keyfile, an acl_file); the plain loopback
+        listener on ``port`` stays, for clients that need no TLS."""
         found = binary or find_mosquitto()
         if found is None:
             raise BrokerStartError("mosquitto binary not found (apt-get install -y mosquitto)")
@@ -156,6 +160,7 @@ class MosquittoProcess:
         self.port = port if port is not None else free_port()
         self.persistence = persistence
         self.autosave_interval_s = autosave_interval_s
+        self.extra_conf = list(extra_conf)
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="faultline-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +200,7 @@ class MosquittoProcess:
         if os.geteuid() == 0:
             # As root mosquitto would drop to user "mosquitto", who cannot write our temp dir.
             lines.append(f"user {getpass.getuser()}")
+        lines += self.extra_conf
         self.conf_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     @property

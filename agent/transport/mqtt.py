@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from faultline.agent.transport.tls import (
+    TlsParameters,
+    explain_tls_error,
+    make_ssl_context,
+    speaks_tls,
+)
+
 __all__ = ["InboundMessage", "MqttTransport", "PublishError", "backoff_delay"]
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,11 @@ log = logging.getLogger(__name__)
 _LOOP_TICK_S = 0.25  # how often the supervisor notices stop() while the link is idle
 _CONNACK_TIMEOUT_S = 10.0
 _JSON = "application/json"
+_NOT_AUTHORIZED = 0x87
+_REFUSAL_LOG_EVERY_S = 60.0  # one log line per topic and reason this often, with a count
+_MAX_REFUSAL_KEYS = 256  # distinct (topic, reason) counters; the rest are summed
+_TOPIC_SHOWN = 120  # characters of a topic kept in counters and logs
+_MAX_TRACKED_TOPICS = 65536  # mid -> topic for refusal logs (bounded by paho's queue anyway)
 
 
 class PublishError(RuntimeError):
@@ -104,8 +117,7 @@ class MqttTransport:
         reconnect_max_s: float = 30.0,
         max_inflight: int = 20,
         max_queued_messages: int = 10000,
-        tls: bool = False,
-        ca_certs: str | None = None,
+        tls: TlsParameters | None = None,
         manual_ack: bool = False,
     ) -> None:
         if protocol not in ("5", "3.1.1"):
@@ -144,6 +156,7 @@ class MqttTransport:
                 "delivered",
                 "received",
                 "publish_failures",
+                "publish_refused",
                 "handler_errors",
             ),
             0,
@@ -163,6 +176,12 @@ class MqttTransport:
         self._generation = 0  # connection count, to drop acks that belong to a dead link
         self._unacked: dict[int, int] = {}  # mid -> generation (manual_ack only)
         self._warned_v311_props = False
+        self._tls = tls
+        self._tls_error: BaseException | None = None  # the last one, to explain a lost link
+        self._probed_tls = False  # this failure streak already asked "is that a TLS port?"
+        self._topic_of: dict[int, str] = {}  # mid -> topic of publishes awaiting a PUBACK
+        self._refusals: dict[tuple[str, str], int] = {}  # (topic, reason) -> count
+        self._refusal_logged: dict[tuple[str, str], tuple[float, int]] = {}
 
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -180,8 +199,15 @@ class MqttTransport:
         client.max_queued_messages_set(max_queued_messages)
         if username is not None:
             client.username_pw_set(username, password)
-        if tls:
-            client.tls_set(ca_certs=ca_certs)
+        if tls is not None:
+            client.tls_set_context(make_ssl_context(tls, on_error=self._on_tls_error))
+            if tls.insecure:
+                client.tls_insecure_set(True)
+                log.warning(
+                    "MQTT TLS to %s without host-name checking (mqtt.tls_insecure): any "
+                    "certificate the CA signed is accepted for this host",
+                    self._where,
+                )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -210,6 +236,16 @@ class MqttTransport:
     def stats(self) -> dict[str, int]:
         with self._lock:
             return dict(self._stats)
+
+    @property
+    def refusals(self) -> dict[str, dict[str, int]]:
+        """Publishes the broker refused (MQTT 5 PUBACK reason codes), per topic and reason."""
+        with self._lock:
+            items = list(self._refusals.items())
+        out: dict[str, dict[str, int]] = {}
+        for (topic, reason), count in items:
+            out.setdefault(topic, {})[reason] = count
+        return out
 
     def start(self) -> None:
         """Connect in the background and keep reconnecting until stop(); returns at once."""
@@ -268,6 +304,7 @@ class MqttTransport:
             log.debug("link down: QoS 0 message to %s dropped", topic)
             return info.mid
         self._count("published")
+        self._track(info.mid, topic)
         return info.mid
 
     def publish_status(self) -> None:
@@ -368,7 +405,26 @@ class MqttTransport:
                 client.connect(self.host, self.port, keepalive=self._keepalive_s)
         except OSError as exc:
             self._count("connect_failures")
-            log.warning("MQTT connect to %s failed: %s", self._where, exc)
+            if isinstance(exc, ssl.SSLError) or self._tls_error is not None:
+                log.error(
+                    "MQTT TLS connect to %s failed: %s",
+                    self._where,
+                    explain_tls_error(self._take_tls_error() or exc),
+                )
+            elif (
+                self._tls is not None
+                and not self._probed_tls
+                and not speaks_tls(self.host, self.port)
+            ):
+                self._probed_tls = True  # once per failure streak
+                log.error(
+                    "MQTT connect to %s failed (%s): the broker does not speak TLS on this "
+                    "port; use its TLS port, or set mqtt.tls: false",
+                    self._where,
+                    exc,
+                )
+            else:
+                log.warning("MQTT connect to %s failed: %s", self._where, exc)
             return
         connack_deadline = time.monotonic() + _CONNACK_TIMEOUT_S
         while not self._stop.is_set():
@@ -377,6 +433,7 @@ class MqttTransport:
             rc = client.loop(timeout=_LOOP_TICK_S)
             if rc != paho.MQTT_ERR_SUCCESS:
                 log.debug("MQTT loop ended: %s", paho.error_string(rc))
+                self._explain_early_close()
                 return
             if not self._session_ok and time.monotonic() > connack_deadline:
                 self._count("connect_failures")
@@ -384,6 +441,35 @@ class MqttTransport:
                     "MQTT broker %s sent no CONNACK within %.0fs", self._where, _CONNACK_TIMEOUT_S
                 )
                 return
+
+    def _explain_early_close(self) -> None:
+        """Say why the link ended, when paho alone would only say "Connection reset"."""
+        tls_error = self._take_tls_error()
+        if tls_error is not None:
+            log.error("MQTT TLS link to %s ended: %s", self._where, explain_tls_error(tls_error))
+            return
+        if self._session_ok or self._tls is not None or self._probed_tls:
+            return
+        # Closed before any CONNACK, over plain TCP: the classic cause is a TLS listener
+        # receiving our plain CONNECT. Ask the port once per failure streak.
+        self._probed_tls = True
+        if speaks_tls(self.host, self.port):
+            log.error(
+                "MQTT broker %s closed the connection before answering CONNECT, and that "
+                "port speaks TLS: it is a TLS listener; set mqtt.tls: true (and mqtt.ca_certs)",
+                self._where,
+            )
+        else:
+            log.warning(
+                "MQTT broker %s closed the connection before answering CONNECT", self._where
+            )
+
+    def _on_tls_error(self, exc: BaseException) -> None:
+        self._tls_error = exc
+
+    def _take_tls_error(self) -> BaseException | None:
+        exc, self._tls_error = self._tls_error, None
+        return exc
 
     def _close_quietly(self) -> None:
         """After the last loop: close a socket still open (e.g. stop() during a connect)."""
@@ -415,6 +501,7 @@ class MqttTransport:
             )
             return
         self._session_ok = True
+        self._probed_tls = False
         # A broker that restarted from an old save (or lost its disk) no longer knows our
         # subscriptions: what it accepted for us before we subscribed again is gone.
         self._session_lost = (
@@ -533,16 +620,59 @@ class MqttTransport:
     ) -> None:
         # Runs inside paho's outgoing-message lock: the callback must only queue the news.
         ok = not reason_code.is_failure
+        with self._lock:
+            topic = self._topic_of.pop(mid, None)
         if ok:
             self._count("delivered")
         else:
             self._count("publish_failures")
-            log.warning("MQTT broker rejected a publish: %s", reason_code)
+            self._count("publish_refused")
+            self._note_refusal(topic or "?", reason_code)
         if self._on_published is not None:
             try:
                 self._on_published(mid, ok)
             except Exception:
                 log.exception("on_published(%d) handler failed", mid)
+
+    def _note_refusal(self, topic: str, reason_code: ReasonCode) -> None:
+        """Count a refused publish and log it, once per topic and reason per minute."""
+        reason = str(reason_code)
+        # Response topics are chosen by whoever asks a question: bound what they can add.
+        topic = topic if len(topic) <= _TOPIC_SHOWN else topic[: _TOPIC_SHOWN - 3] + "..."
+        key = (topic, reason)
+        now = time.monotonic()
+        with self._lock:
+            if key not in self._refusals and len(self._refusals) >= _MAX_REFUSAL_KEYS:
+                key = ("(other topics)", reason)
+            self._refusals[key] = self._refusals.get(key, 0) + 1
+            total = self._refusals[key]
+            last = self._refusal_logged.get(key)
+            if last is not None and now - last[0] < _REFUSAL_LOG_EVERY_S:
+                return
+            self._refusal_logged[key] = (now, total)
+        since = total - (last[1] if last is not None else 0)
+        why = (
+            ": the broker's ACL does not let this client publish there"
+            if reason_code.value == _NOT_AUTHORIZED
+            else ""
+        )
+        log.error(
+            "MQTT broker %s refused a publish to %r: %s (code %d)%s; %d refused so far "
+            "(%d since the last line)",
+            self._where,
+            key[0],
+            reason,
+            reason_code.value,
+            why,
+            total,
+            since,
+        )
+
+    def _track(self, mid: int, topic: str) -> None:
+        with self._lock:
+            if len(self._topic_of) >= _MAX_TRACKED_TOPICS:
+                self._topic_of.pop(next(iter(self._topic_of)))
+            self._topic_of[mid] = topic
 
     def _on_subscribe(
         self,
@@ -554,7 +684,15 @@ class MqttTransport:
     ) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
         if failed:
-            log.error("MQTT broker refused subscriptions (mid %d): %s", mid, ", ".join(failed))
+            log.error(
+                "MQTT broker %s refused subscriptions (mid %d): %s%s",
+                self._where,
+                mid,
+                ", ".join(failed),
+                " (its ACL denies this client those filters)"
+                if any(rc.value == _NOT_AUTHORIZED for rc in reason_codes)
+                else "",
+            )
         if mid == self._pending_sub_mid:
             self._pending_sub_mid = None
             self._publish_online()
@@ -578,13 +716,14 @@ class MqttTransport:
             log.exception("status_online() failed; publishing a bare online status")
             fields = {}
         payload = json.dumps({"state": "online", **fields}, default=str).encode()
-        self._client.publish(
+        info = self._client.publish(
             self.status_topic,
             payload,
             qos=1,
             retain=True,
             properties=self._publish_properties(None, _JSON),
         )
+        self._track(info.mid, self.status_topic)
 
     def _status_payload(self, state: str, *, reason: str) -> bytes:
         body = {"state": state, "reason": reason, "client_id": self.client_id, "ts": time.time()}
