@@ -14,6 +14,7 @@ import pytest
 
 from faultline.agent.app import Agent
 from faultline.agent.transport.payloads import encode_window_binary
+from faultline.encoders.signals import Window
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.builder import build_library
 from faultline.fault_library.catalog import ManifestEntry, read_manifest
@@ -60,15 +61,23 @@ def test_swap_under_load_answers_every_window_then_refuses_a_corrupt_version(
     sensor = sensor_client(port)
     entry = next(e for e in read_manifest(cwru_dir) if e.record_id == "200")
     recording = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
-    windows = list(iter_windows(recording, "m", window_s=1.0, hop_s=0.05, ts0=1.7e9))[:160]
+    pool = list(iter_windows(recording, "m", window_s=1.0, hop_s=0.05, ts0=1.7e9))
     stop_sending = threading.Event()
+    swapped = threading.Event()
+    windows: list[Window] = []  # what was sent
 
     def send() -> None:
-        for window in windows:
-            if stop_sending.is_set():
+        """40 windows/s until 40 windows after the swap was seen: however long the build of
+        v2 takes on a loaded machine, windows flow before, during and after it."""
+        after_swap = 0
+        for i in range(len(pool) * 4):
+            window = dataclasses.replace(pool[i % len(pool)], ts=1.7e9 + i * 0.05)
+            if stop_sending.is_set() or after_swap >= 40:
                 return
+            after_swap += swapped.is_set()
             topic = agent.topics.window("m")
             sensor.publish(topic, encode_window_binary(window), qos=1).wait_for_publish(5)
+            windows.append(window)
             time.sleep(0.025)
 
     sender = threading.Thread(target=send)
@@ -77,7 +86,11 @@ def test_swap_under_load_answers_every_window_then_refuses_a_corrupt_version(
         collector.wait_for(lambda t, b: "/alerts/" in t, count=10, timeout=30)
         v2 = _build(cwru_dir, root, encoder, seconds=3.0)  # publish while windows flow
         assert v2 != v1
-        sender.join(timeout=60)
+        collector.wait_for(
+            lambda t, b: "/alerts/" in t and b.get("library_version") == v2, timeout=60
+        )
+        swapped.set()
+        sender.join(timeout=120)
         alerts = collector.wait_for(lambda t, b: "/alerts/" in t, count=len(windows), timeout=60)
         versions = [b["library_version"] for _t, b in sorted(alerts, key=lambda a: a[1]["seq"])]
         # Every window answered, none failed; the swap happened mid-stream, once, for good.
