@@ -45,6 +45,7 @@ from faultline.agent.transport.payloads import (
     PayloadLimits,
     alert_message_id,
     answered_key,
+    decode_command,
     decode_spectrum,
     decode_window,
     encode_alert,
@@ -504,10 +505,7 @@ class Agent:
     def _on_command(self, message: InboundMessage) -> None:
         """Operator commands: ``{"command": "reload_library"}`` or ``{"command": "status"}``."""
         self.counters.add("commands")
-        try:
-            command = json.loads(message.payload).get("command")
-        except (ValueError, AttributeError, RecursionError):  # garbage, a list, "[" x 100,000
-            command = None
+        command = decode_command(message.payload)
         if command == "reload_library" and self.watcher is not None:
             self.watcher.request_check()
         elif command == "status":

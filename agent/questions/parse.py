@@ -62,7 +62,9 @@ def parse_question(payload: bytes) -> Question:
         try:
             body = json.loads(stripped)
         except ValueError as exc:
-            raise QuestionError("bad_json", f"not JSON: {exc}") from None
+            raise QuestionError("bad_json", f"not JSON: {str(exc)[:120]}") from None
+        except RecursionError:  # '{"a": [[[[...' nested deeper than the interpreter's stack
+            raise QuestionError("bad_json", "JSON is nested too deeply") from None
         if not isinstance(body, dict):
             raise QuestionError("bad_json", "expected a JSON object")
         stripped = _string(body, "question", required=True) or ""

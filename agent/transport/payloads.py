@@ -49,6 +49,7 @@ __all__ = [
     "PayloadLimits",
     "alert_message_id",
     "answered_key",
+    "decode_command",
     "decode_spectrum",
     "decode_window",
     "encode_alert",
@@ -225,6 +226,18 @@ def _bearing(obj: dict[str, Any]) -> BearingGeometry | None:
         raise PayloadError(
             "unknown_bearing", f"unknown bearing preset {quoted(name)}; known presets: {known}"
         ) from None
+
+
+def decode_command(payload: bytes) -> str | None:
+    """The ``command`` of an operator command (``{"command": "status"}``), or None for
+    anything else: garbage, another type, "[" x 100,000. Never raises; the caller says
+    which commands exist."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    command = body.get("command") if isinstance(body, dict) else None
+    return command if isinstance(command, str) else None
 
 
 QUOTE_LIMIT = 48
