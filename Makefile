@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := agent encoders fault_library config models
 TYPECHECK_ROOT := .typecheck
 
-.PHONY: balena-tools demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
+.PHONY: balena-tools chromium demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
 
 # scripts/install.sh makes the venv and installs the project (llama.cpp's portable build
 # flags and the default GGUF package live there); the balena image runs the same script.
@@ -28,6 +28,14 @@ mosquitto:
 	  echo "mosquitto_rr not found: installing mosquitto-clients (a test asks questions with it)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends mosquitto-clients; }
 
+# Headless Chromium and its driver (Debian's, not a browser build fetched at run time) for
+# the dashboard's page test, tests/test_dashboard.py.
+chromium:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "chromedriver not found: installing chromium and chromium-driver (the dashboard test)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
 # balena's own compose library (the parse and Dockerfile.template resolution balena-cli
 # runs before a build) for tests/test_balena.py; 7.4.1 is the last pure-JS release (8.x
 # fetches a Go binary at install, which this network cannot). hadolint comes with .[dev].
@@ -38,7 +46,7 @@ $(BALENA_TOOLS)/node_modules/@balena/compose/package.json:
 
 balena-tools: $(BALENA_TOOLS)/node_modules/@balena/compose/package.json
 
-test: $(STAMP) mosquitto balena-tools check
+test: $(STAMP) mosquitto chromium balena-tools check
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
