@@ -128,3 +128,12 @@ def test_page_shows_a_live_alert_and_draws_its_spectra(
             driver.quit()
         collector.close()
         agent.stop()
+
+
+def test_only_the_first_process_of_a_gateway_serves_the_page() -> None:
+    from faultline.agent.settings import load_settings
+    from faultline.agent.supervisor import process_env
+
+    settings = load_settings(None, env={"FAULTLINE__DASHBOARD__ENABLED": "true"})
+    assert "FAULTLINE__DASHBOARD__ENABLED" not in process_env(settings, 0, "g")
+    assert process_env(settings, 1, "g")["FAULTLINE__DASHBOARD__ENABLED"] == "false"

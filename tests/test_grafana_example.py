@@ -1,8 +1,8 @@
 """The Grafana dashboard example (issue 15, item 4), checked three ways: its structure as
-Grafana reads it (no Grafana or schema file can be had here: Grafana is in neither Debian
-nor PyPI, and its dashboard schema is published as CUE inside its source); every metric
-its queries name is one a running agent serves (scraped); and every query is parsed and
-evaluated by a real Prometheus (Debian's) scraping that agent."""
+Grafana reads it (no Grafana or schema file can be had here: neither Debian nor PyPI
+carries a Grafana server, and its dashboard schema is published as CUE in its source);
+every metric its queries name is one a running agent serves (scraped); and every query is
+parsed and evaluated by a real Prometheus (Debian's) scraping that agent."""
 
 from __future__ import annotations
 
