@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := agent encoders fault_library config models
 TYPECHECK_ROOT := .typecheck
 
-.PHONY: balena-tools demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
+.PHONY: balena-tools node-red chromium prometheus demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
 
 # scripts/install.sh makes the venv and installs the project (llama.cpp's portable build
 # flags and the default GGUF package live there); the balena image runs the same script.
@@ -28,6 +28,22 @@ mosquitto:
 	  echo "mosquitto_rr not found: installing mosquitto-clients (a test asks questions with it)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends mosquitto-clients; }
 
+# Headless Chromium and its driver (Debian's, not a browser build fetched at run time) for
+# the dashboard's page test, tests/test_dashboard.py.
+chromium:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "chromedriver not found: installing chromium and chromium-driver (the dashboard test)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+# A real Prometheus (Debian's) that evaluates every query of the Grafana example against a
+# running agent, tests/test_grafana_example.py.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo "prometheus not found: installing Debian's (the Grafana example's test)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+
 # balena's own compose library (the parse and Dockerfile.template resolution balena-cli
 # runs before a build) for tests/test_balena.py; 7.4.1 is the last pure-JS release (8.x
 # fetches a Go binary at install, which this network cannot). hadolint comes with .[dev].
@@ -38,7 +54,17 @@ $(BALENA_TOOLS)/node_modules/@balena/compose/package.json:
 
 balena-tools: $(BALENA_TOOLS)/node_modules/@balena/compose/package.json
 
-test: $(STAMP) mosquitto balena-tools check
+# A real Node-RED for the example flow's test (tests/test_node_red.py): 4.1 is the last
+# line for Node 20 (5.x needs Node >= 22.9), with Dashboard 2.0 for the table and chart.
+NODE_RED := $(BALENA_TOOLS)/node-red
+$(NODE_RED)/node_modules/node-red/package.json:
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	npm install --prefix $(NODE_RED) --no-audit --no-fund --silent \
+	  node-red@4.1.8 @flowfuse/node-red-dashboard@1.31.0
+
+node-red: $(NODE_RED)/node_modules/node-red/package.json
+
+test: $(STAMP) mosquitto chromium prometheus balena-tools node-red check
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from faultline.agent import __version__
+from faultline.agent.dashboard import dashboard_from_settings
 from faultline.agent.error_budget import ErrorBudget
 from faultline.agent.health import Heartbeat
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
@@ -322,12 +323,25 @@ class Agent:
             if settings.metrics.enabled
             else None
         )
+        self.dashboard = dashboard_from_settings(
+            settings,
+            self.topics,
+            self._limits,
+            live=lambda: {
+                **self._status_fields(),
+                "counters": self.counters.snapshot(),
+                "connected": self.transport.connected,
+                "queue_depth": self.pipeline.backlog,
+            },
+        )
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         limit_library_threads(self.settings.pipeline.library_threads)
         if self.metrics is not None:
             self.metrics.start()
+        if self.dashboard is not None:
+            self.dashboard.start()
         self.outbox.start()
         self.questions.start()
         if self.reports is not None:
@@ -370,6 +384,8 @@ class Agent:
         self.transport.stop()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self.library.close()
         log.info("agent stopped; counters %s", json.dumps(self.counters.snapshot()))
 

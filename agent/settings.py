@@ -646,6 +646,37 @@ class MetricsSettings(_Section):
     )
 
 
+class DashboardSettings(_Section):
+    """The local web dashboard (agent/dashboard/): alerts, reports, spectra, status."""
+
+    enabled: bool = Field(default=False, description="Serve the dashboard over HTTP.")
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the dashboard listens on (0.0.0.0: every interface).",
+    )
+    port: int = Field(
+        default=8765, ge=0, le=65535, description="Port of the page; 0: any free port."
+    )
+    assets: int = Field(
+        default=32, ge=1, le=1024, description="Assets kept (least recently heard dropped)."
+    )
+    history: int = Field(
+        default=200, ge=1, le=10000, description="Recent alerts, and reports, kept for the page."
+    )
+    spectra: bool = Field(
+        default=True,
+        description="Draw spectra: the dashboard subscribes to the sensor topics while a "
+        "page asks for them (one more copy of each window from the broker).",
+    )
+    spectra_idle_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Unsubscribe from windows after this idle."
+    )
+    points: int = Field(
+        default=2048, ge=64, le=16384, description="Points per spectrum sent to the page."
+    )
+
+
 class ReportSettings(_Section):
     """Diagnostic reports written on the gateway (agent/reports/)."""
 
@@ -766,6 +797,9 @@ class Settings(_Section):
     )
     metrics: MetricsSettings = Field(
         default_factory=MetricsSettings, description="Prometheus metrics endpoint."
+    )
+    dashboard: DashboardSettings = Field(
+        default_factory=DashboardSettings, description="Local web dashboard."
     )
     reports: ReportSettings = Field(
         default_factory=ReportSettings, description="Diagnostic reports (local LLM)."

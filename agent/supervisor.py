@@ -69,6 +69,8 @@ def process_env(settings: Settings, index: int, group: str) -> dict[str, str]:
     port = metrics.port + index if metrics.port else 0
     return {
         "FAULTLINE__METRICS__PORT": str(port),
+        # One page per gateway: it reads the broker, so it shows every process's alerts.
+        **({} if index == 0 else {"FAULTLINE__DASHBOARD__ENABLED": "false"}),
         "FAULTLINE__MQTT__CLIENT_ID": f"{settings.resolved_client_id()}-p{index}",
         "FAULTLINE__TOPICS__SHARED_GROUP": group,
         "FAULTLINE__DATA_DIR": str(data_dir),
