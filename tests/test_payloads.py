@@ -5,6 +5,7 @@ Pure tests: bytes in, objects or PayloadError out; no broker involved.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -133,7 +134,12 @@ CASES: list[tuple[str, str, bytes, str]] = [
     ("too_few_samples", "w", _window_json(samples=[0.1] * 10), "10 samples, minimum is 256"),
     ("too_few_samples", "w", _window_json(samples=[]), "0 samples, minimum is 256"),
     ("too_few_samples", "w", _binary(100), "100 samples, minimum is 256"),
-    ("too_many_samples", "w", _window_json(samples=[0] * 70_000), "70,000 samples, maximum is"),
+    (
+        "too_many_samples",
+        "w",
+        _window_json(samples=[0] * 70_000),
+        "comma-separated values; a message carries at most 65,536 samples",
+    ),
     ("too_many_samples", "w", _binary(70_000), "70,000 samples, maximum is 65,536"),
     ("bad_fs", "w", _window_json(fs=0), "fs 0 Hz is outside [100, 100000] Hz"),
     ("bad_fs", "w", _window_json(fs=1e6), "fs 1e+06 Hz is outside"),
@@ -369,3 +375,26 @@ def test_a_huge_client_string_is_quoted_short() -> None:
     assert len(info.value.message) < 300
     assert "1,600,005 characters" in info.value.message
     assert "\x1b" not in info.value.message  # escaped: no terminal control reaches a log
+
+
+def test_too_many_values_are_refused_before_parsing() -> None:
+    """Issue 14: an oversized JSON window was parsed whole before its count was checked."""
+    payload = b'{"ts": 1.7e9, "fs": 12000, "samples": [' + b"0," * 5000 + b"0]}"
+    limits = dataclasses.replace(LIMITS, max_samples=4096)
+    with pytest.raises(PayloadError) as info:
+        decode_window("a", payload, limits)
+    assert info.value.code == "too_many_samples"
+    assert "5,003 or more comma-separated values" in info.value.message
+    spectrum = b'{"ts": 1.7e9, "fs": 12000, "n_fft": 8, "magnitude": [' + b"1," * 300 + b"1]}"
+    with pytest.raises(PayloadError) as info:
+        decode_spectrum("a", spectrum, dataclasses.replace(LIMITS, max_spectrum_bins=100))
+    assert info.value.code == "bad_spectrum_length"
+
+
+def test_a_two_dimensional_samples_array_is_named_as_such() -> None:
+    """Issue 14: [[...], [...]] was reported as 'window has 2 samples'."""
+    payload = json.dumps({"ts": 1.7e9, "fs": 12000, "samples": [[0.1] * 2000] * 2}).encode()
+    with pytest.raises(PayloadError) as info:
+        decode_window("a", payload, LIMITS)
+    assert info.value.code == "wrong_type"
+    assert "array of arrays" in info.value.message
