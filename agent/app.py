@@ -23,6 +23,8 @@ from faultline.agent.dashboard import dashboard_from_settings
 from faultline.agent.error_budget import ErrorBudget
 from faultline.agent.health import Heartbeat
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
+from faultline.agent.memory_budget import check as check_memory
+from faultline.agent.memory_budget import resident_mb, worst_case
 from faultline.agent.metrics import Counters, StageTimes
 from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
 from faultline.agent.pipeline import Diagnosis, Job, Pipeline
@@ -244,6 +246,7 @@ class Agent:
         self.settings = settings
         self.counters = Counters()
         self.stages = StageTimes()
+        self.memory = worst_case(settings, resident_mb())
         self.topics = topics_from_settings(settings)
         self.client_id = self.topics.client_id
         self._encoder = encoder or encoder_from_settings(settings)
@@ -285,6 +288,7 @@ class Agent:
             stages=self.stages,
             queue_size=pipe.queue_size,
             queue_max_bytes=int(pipe.queue_max_mb * 2**20),
+            batch_max_bytes=int(pipe.batch_max_mb * 2**20),
             batch_max=pipe.batch_max,
             batch_wait_s=pipe.batch_wait_ms / 1000.0,
             workers=pipe.workers,
@@ -337,6 +341,16 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
+        """Start every component; ConfigError when the configuration's worst-case memory
+        exceeds ``limits.memory_mb`` (checked with the models and library loaded)."""
+        self.memory = worst_case(self.settings, resident_mb())  # models and library loaded
+        check_memory(self.settings, self.memory)
+        log.info(
+            "worst-case memory %.0f MB of %.0f allowed: %s",
+            self.memory.total_mb,
+            self.settings.limits.memory_mb,
+            self.memory.describe(),
+        )
         limit_library_threads(self.settings.pipeline.library_threads)
         if self.metrics is not None:
             self.metrics.start()
@@ -839,6 +853,7 @@ class Agent:
             library=self._library_summary,
             reports=lambda: None if self.reports is None else self.reports.status(),
             questions=self.questions.status,
+            memory_worst_case_mb=lambda: self.memory.total_mb,
         )
 
     def _status_fields(self) -> dict[str, object]:
@@ -853,6 +868,11 @@ class Agent:
             "reports": None if self.reports is None else self.reports.status(),
             "questions": self.questions.status(),
             "stages": self.stages.snapshot(),
+            "memory": {
+                "resident_mb": round(resident_mb(), 1),
+                "worst_case_mb": round(self.memory.total_mb, 1),
+                "limit_mb": self.settings.limits.memory_mb,
+            },
         }
 
 

@@ -77,6 +77,7 @@ class Pipeline:
         queue_size: int = 256,
         queue_max_bytes: int = 64 * 2**20,
         batch_max: int = 32,
+        batch_max_bytes: int = 8 * 2**20,
         batch_wait_s: float = 0.005,
         workers: int = 1,
     ) -> None:
@@ -95,6 +96,10 @@ class Pipeline:
         self._queued_bytes = 0
         self._room = threading.Condition()
         self._batch_max = batch_max
+        # The diagnosis of a batch allocates about ten times its samples' bytes: a batch of
+        # 32 windows of 480,000 samples would need 600 MB. Large windows go a few at a time
+        # (batching them saves little: their FFTs dominate).
+        self._batch_max_bytes = batch_max_bytes
         self._batch_wait_s = batch_wait_s
         self._n_workers = workers
         self._accepting = threading.Event()
@@ -184,7 +189,8 @@ class Pipeline:
                     self._queue.task_done()
 
     def _take_batch(self) -> list[Job]:
-        """What is queued, up to ``batch_max``, without waiting when the queue is idle.
+        """What is queued, up to ``batch_max`` windows and ``batch_max_bytes`` of samples
+        (one window at least), without waiting when the queue is idle.
 
         A lone window is processed at once: a fixed wait for company would only add to its
         latency. Only while windows keep arriving (the queue held more than the first) does
@@ -196,14 +202,17 @@ class Pipeline:
         except queue.Empty:
             return []
         batch = [first]
+        room = self._batch_max_bytes - measurement_bytes(first.measurement)
         arriving = False
-        while len(batch) < self._batch_max:
+        while len(batch) < self._batch_max and room > 0:
             try:
-                batch.append(
+                job = (
                     self._queue.get(timeout=self._batch_wait_s)
                     if arriving and self._batch_wait_s > 0
                     else self._queue.get_nowait()
                 )
+                batch.append(job)
+                room -= measurement_bytes(job.measurement)
                 arriving = True
             except queue.Empty:
                 break

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -62,6 +62,7 @@ class AgentView:
     library: Callable[[], Mapping[str, Any]]
     reports: Callable[[], Mapping[str, Any] | None]
     questions: Callable[[], Mapping[str, Any]]
+    memory_worst_case_mb: Callable[[], float]
 
 
 class AgentCollector(Collector):
@@ -77,6 +78,7 @@ class AgentCollector(Collector):
         yield from self._mqtt()
         yield from self._library()
         yield from self._workers()
+        yield from self._memory()
 
     def _counters(self) -> Iterator[Metric]:
         counts = self._view.counters.snapshot()
@@ -196,6 +198,14 @@ class AgentCollector(Collector):
                 f"faultline_mqtt_{key}_total", f"{doc}.", value=float(stats.get(key, 0))
             )
 
+    def _memory(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "faultline_memory_worst_case_bytes",
+            "Resident memory the configuration allows at most (process_resident_memory_bytes "
+            "is the present value).",
+            value=self._view.memory_worst_case_mb() * 2**20,
+        )
+
     def _library(self) -> Iterator[Metric]:
         info = self._view.library()
         yield InfoMetricFamily(
@@ -253,6 +263,7 @@ class MetricsServer:
     def __init__(self, view: AgentView, host: str, port: int) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AgentCollector(view))
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU, fds
         self._host = host
         self._port = port
         self._server: Any = None

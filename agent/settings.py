@@ -302,6 +302,15 @@ class LimitSettings(_Section):
         le=4_194_304,
         description="Most samples a window may carry; >= min_samples.",
     )
+    memory_mb: float = Field(
+        default=768.0,
+        gt=0,
+        le=1_048_576,
+        description=(
+            "The agent refuses to start when its configuration allows more resident "
+            "memory than this, MB (worst case: docs/ARCHITECTURE.md, Memory)."
+        ),
+    )
     min_fs: float = Field(default=1000.0, gt=0, le=10_000_000, description="Lowest rate, Hz.")
     max_fs: float = Field(
         default=200_000.0, gt=0, le=10_000_000, description="Highest sampling rate, Hz; >= min_fs."
@@ -363,6 +372,15 @@ class PipelineSettings(_Section):
         ),
     )
     batch_max: int = Field(default=32, ge=1, le=1024, description="Most windows per batch.")
+    batch_max_mb: float = Field(
+        default=8.0,
+        gt=0,
+        le=4096,
+        description=(
+            "Most sample bytes per batch, MB (one window at least): a batch's diagnosis "
+            "allocates about ten times its samples."
+        ),
+    )
     batch_wait_ms: float = Field(
         default=0.0,
         ge=0,

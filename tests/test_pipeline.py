@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faultline.agent.metrics import Counters
+from faultline.agent.metrics import Counters, StageTimes
 from faultline.agent.pipeline import Diagnosis, Job, Pipeline, measurement_bytes
 from faultline.encoders.signals import Window
 from faultline.encoders.spectrum import SpectrumEncoder
@@ -90,3 +90,38 @@ def test_one_window_larger_than_the_bound_is_still_admitted(
         assert done.wait(30)
     finally:
         pipeline.stop(10)
+
+
+def test_large_windows_are_batched_a_few_at_a_time(
+    cwru_dir: Path, test_library: FaultLibrary, encoder: SpectrumEncoder
+) -> None:
+    """A batch's diagnosis allocates ~10x its samples: batches are capped in bytes."""
+    [base] = record_windows(cwru_dir, "105", "big", 1, ts0=1.7e9)
+    samples = np.tile(base.samples, 10).astype(np.float32)  # 480 kB each
+    windows = [
+        Window("big", 1.7e9 + i, base.fs, samples, base.rpm, base.geometry) for i in range(8)
+    ]
+    gate = threading.Event()
+    stages = StageTimes()
+    pipeline = Pipeline(
+        encoder=encoder,
+        library=lambda: test_library,
+        on_diagnosis=lambda d: gate.wait(30),
+        on_failure=lambda job, code, reason: None,
+        policy=DecisionPolicy(),
+        counters=Counters(),
+        stages=stages,
+        batch_max=32,
+        batch_max_bytes=2 * measurement_bytes(windows[0]),
+    )
+    for window in windows:  # all queued before the worker starts
+        pipeline._queue.put(Job(window, "t", time.monotonic()))
+        pipeline._queued_bytes += measurement_bytes(window)
+    pipeline.start()
+    gate.set()
+    assert pipeline.stop(60) == 0
+    cumulative, total = stages.batch_histogram()
+    sizes = [cumulative[0], cumulative[1] - cumulative[0]]  # batches of 1, of 2
+    assert total == len(windows)
+    assert sizes[1] == 4, sizes  # four batches of two, none larger
+    assert cumulative[-1] == 4
