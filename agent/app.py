@@ -23,7 +23,6 @@ from faultline.agent.dashboard import dashboard_from_settings
 from faultline.agent.error_budget import ErrorBudget
 from faultline.agent.health import Heartbeat
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
-from faultline.agent.memory_budget import check as check_memory
 from faultline.agent.memory_budget import resident_mb, worst_case
 from faultline.agent.metrics import Counters, StageTimes
 from faultline.agent.outbox import ClassPolicy, Outbox, OutboxConfig
@@ -246,6 +245,8 @@ class Agent:
         self.settings = settings
         self.counters = Counters()
         self.stages = StageTimes()
+        # Measured here, with the models and library loaded; `faultline run` refuses a
+        # configuration over limits.memory_mb before it builds the agent.
         self.memory = worst_case(settings, resident_mb())
         self.topics = topics_from_settings(settings)
         self.client_id = self.topics.client_id
@@ -341,10 +342,6 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        """Start every component; ConfigError when the configuration's worst-case memory
-        exceeds ``limits.memory_mb`` (checked with the models and library loaded)."""
-        self.memory = worst_case(self.settings, resident_mb())  # models and library loaded
-        check_memory(self.settings, self.memory)
         log.info(
             "worst-case memory %.0f MB of %.0f allowed: %s",
             self.memory.total_mb,

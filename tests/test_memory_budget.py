@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from faultline.agent.memory_budget import check, resident_mb, worst_case
+from faultline.agent.memory_budget import check, worst_case
 from faultline.agent.settings import ConfigError, load_settings
 from tests.harness import agent_process_env
 
 
 def test_the_default_configuration_fits_its_own_limit() -> None:
     settings = load_settings(None, env={})
-    budget = worst_case(settings, baseline_mb=resident_mb())
+    # A gateway's agent process after start-up: ~200 MB (bench/e2e.py; this test process
+    # holds far more, so it is not the baseline).
+    budget = worst_case(settings, baseline_mb=250.0)
     check(settings, budget)
     assert budget.total_mb < settings.limits.memory_mb
     assert {"queued windows", "diagnosis working set", "outbox index"} <= set(budget.parts)

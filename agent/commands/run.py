@@ -24,6 +24,8 @@ from faultline.agent.health import (
     health_path,
 )
 from faultline.agent.library_setup import load_or_build_library
+from faultline.agent.memory_budget import check as check_memory
+from faultline.agent.memory_budget import resident_mb, worst_case
 from faultline.agent.settings import ConfigError, Settings, load_settings
 from faultline.agent.supervisor import Supervisor, child_argv, process_env
 from faultline.fault_library.library import LibraryError
@@ -119,6 +121,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         starting.stop()
+    try:
+        # The worst case this configuration allows, with the models and library loaded.
+        check_memory(settings, worst_case(settings, resident_mb()))
+    except ConfigError as exc:
+        library.close()
+        if args.on_config_error != "wait":
+            raise
+        return wait_on_config_error(exc, stop, health_path(settings))
     processes = settings.pipeline.processes if args.processes is None else args.processes
     if processes < 1:
         print("faultline: --processes must be at least 1", file=sys.stderr)

@@ -523,17 +523,16 @@ class MqttTransport:
         )
         self._link_down.clear()
         self._link_up.set()
-        # Listeners hear of the link before anyone waiting in wait_connected() is released:
-        # what those waiters publish next is then live, not taken for a replay.
-        self._notify(True)
         if filters:
-            # "online" waits for the SUBACK (_on_subscribe): a sensor that starts on our
-            # online status must not publish into subscriptions that do not exist yet
-            # (on a first connection the broker would drop those windows).
+            # Listeners hear of the link, and "online" is said, at the SUBACK
+            # (_on_subscribe): paho re-sends the messages left in flight right after this
+            # callback returns, so a listener (the outbox) told now could put a newer
+            # message of a stream on the wire before an older one's re-send (seen in the
+            # broker-kill test: seq 782 before 781); and a sensor that starts on our online
+            # status must not publish into subscriptions that do not exist yet.
             self._send_subscribe(filters, track=True)
         else:
-            self._publish_online()
-            self._ready.set()
+            self._link_ready()
 
     def _on_disconnect(
         self,
@@ -695,8 +694,16 @@ class MqttTransport:
             )
         if mid == self._pending_sub_mid:
             self._pending_sub_mid = None
-            self._publish_online()
-            self._ready.set()
+            self._link_ready()
+
+    def _link_ready(self) -> None:
+        """Connected and subscribed: tell listeners, say online, release waiters.
+
+        Listeners hear of the link before anyone waiting in wait_connected() is released:
+        what those waiters publish next is then live, not taken for a replay."""
+        self._notify(True)
+        self._publish_online()
+        self._ready.set()
 
     # ------------------------------------------------------------------ helpers
 
