@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+import scipy.fft as sfft
 
 __all__ = [
     "DEFAULT_MACHINE_CLASS",
@@ -89,28 +90,36 @@ def velocity_rms_mm_s(
     *,
     unit_m_s2: float = G,
     band_hz: tuple[float, float] = VELOCITY_BAND_HZ,
+    spectrum: npt.NDArray[np.complex128] | None = None,
 ) -> npt.NDArray[np.float64]:
     """Velocity RMS in mm/s, band-limited, of each row of acceleration ``samples``.
 
     ``unit_m_s2``: what one unit of the samples is in m/s^2 (``G`` for samples in g,
-    1.0 for m/s^2). The mean is removed first (a DC offset is not vibration).
+    1.0 for m/s^2). The mean (a DC offset, not vibration) only sits in the 0 Hz bin, which
+    the band (it must start above 0 Hz) leaves out. ``spectrum``: ``scipy.fft.rfft`` of
+    the rows when the caller already has it (the diagnosis shares one per window), so no
+    FFT is computed here.
     """
     rows = np.atleast_2d(np.asarray(samples, dtype=np.float64))
     n = rows.shape[-1]
     if n < 2 or fs <= 0:
         raise ValueError(f"need at least 2 samples and fs > 0 (got {n} samples, fs {fs})")
-    accel = (rows - rows.mean(axis=-1, keepdims=True)) * unit_m_s2
-    spectrum = np.fft.rfft(accel, axis=-1)
-    freqs = np.fft.rfftfreq(n, d=1.0 / fs)
     lo, hi = band_hz
+    if not lo > 0:
+        raise ValueError(f"the velocity band must start above 0 Hz, got {band_hz}")
+    if spectrum is None:
+        spectrum = sfft.rfft(rows, axis=-1)
+    elif spectrum.shape != (rows.shape[0], n // 2 + 1):
+        raise ValueError(f"spectrum must be the rfft of the rows, got shape {spectrum.shape}")
+    freqs = np.fft.rfftfreq(n, d=1.0 / fs)
     inside = (freqs >= lo) & (freqs <= min(hi, fs / 2.0))
     omega = 2.0 * np.pi * freqs[inside]
-    velocity = spectrum[:, inside] / omega  # m/s per bin
+    velocity = spectrum[:, inside] * (unit_m_s2 / omega)  # m/s per bin
     # Parseval for a one-sided spectrum: every kept bin but DC and Nyquist counts twice.
     weight = np.full(omega.shape, 2.0)
     if n % 2 == 0 and inside[-1]:
         weight[-1] = 1.0
-    power = (weight * np.abs(velocity) ** 2).sum(axis=-1) / n**2
+    power = (weight * (velocity.real**2 + velocity.imag**2)).sum(axis=-1) / n**2
     result: npt.NDArray[np.float64] = np.sqrt(power) * 1000.0
     return result
 
