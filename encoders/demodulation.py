@@ -102,27 +102,44 @@ def _band_grid(bandwidth_hz: float, df: float, fs: float) -> tuple[int, npt.NDAr
     return width, starts
 
 
-_CHUNK_BINS = 1 << 18
-"""Rows are filtered in chunks of about this many bins: the band gather doubles the
-spectrum's size, and a batch of 96 kHz windows at once would leave the cache for memory
-(measured: 128 windows of 96 kHz cost 12 ms each in one block, a third of that chunked)."""
+_CHUNK_BYTES = 1 << 18
+"""Rows are filtered in chunks of about this many bytes of band bins (complex128), into
+buffers allocated once per call and reused: the band gather is twice the spectrum's
+size, and a chunk that leaves the core's cache (or a fresh allocation per step, which
+the kernel zero-fills page by page) costs more than the inverse FFTs themselves."""
 
 
-def _band_kurtosis(spec: C128, starts: npt.NDArray[np.intp], width: int) -> tuple[F64, F64]:
-    """Spectral kurtosis and mean power of every band of every row: (rows, bands) each."""
+def _band_kurtosis(
+    spec: C128, rows: npt.NDArray[np.intp], starts: npt.NDArray[np.intp], width: int
+) -> tuple[F64, F64]:
+    """Spectral kurtosis and mean power of every band of ``spec[rows]``: (rows, bands) each.
+
+    All of a level's bands of a chunk of rows go through one batched inverse FFT, in place
+    in a reused buffer; each band's envelope power is reduced to its mean and its mean
+    square in the same buffers.
+    """
     idx = starts[:, None] + np.arange(width)[None, :]
     taper = _taper(width)
-    kurt = np.empty((spec.shape[0], starts.size))
+    kurt = np.empty((rows.size, starts.size))
     mean_power = np.empty_like(kurt)
-    step = max(1, _CHUNK_BINS // max(1, spec.shape[-1]))
-    for first in range(0, spec.shape[0], step):
-        rows = slice(first, first + step)
-        z = sfft.ifft(spec[rows][:, idx] * taper, axis=-1)
-        power = z.real * z.real + z.imag * z.imag
+    step = max(1, min(rows.size, _CHUNK_BYTES // (16 * idx.size)))
+    bins = np.empty((step, *idx.shape), dtype=np.complex128)
+    power_buf = np.empty(bins.shape)
+    imag_buf = np.empty(bins.shape)
+    for first in range(0, rows.size, step):
+        chunk = rows[first : first + step]
+        z = bins[: chunk.size]
+        for k, row in enumerate(chunk.tolist()):
+            np.take(spec[row], idx, out=z[k])
+        z *= taper
+        z = sfft.ifft(z, axis=-1, overwrite_x=True)
+        power = np.multiply(z.real, z.real, out=power_buf[: chunk.size])
+        power += np.multiply(z.imag, z.imag, out=imag_buf[: chunk.size])
         m2 = power.mean(axis=-1)
-        m4 = (power * power).mean(axis=-1)
-        kurt[rows] = m4 / np.maximum(m2 * m2, 1e-300) - 2.0
-        mean_power[rows] = m2
+        power *= power
+        m4 = power.mean(axis=-1)
+        kurt[first : first + chunk.size] = m4 / np.maximum(m2 * m2, 1e-300) - 2.0
+        mean_power[first : first + chunk.size] = m2
     return kurt, mean_power
 
 
@@ -147,7 +164,8 @@ def select_bands(spec: C128, n: int, fs: float, defect_hz: F64) -> Bands:
         allowed = (min_bw <= bandwidth) | (bandwidth == BANDWIDTHS_HZ[-1])
         if not allowed.any():
             continue
-        kurt, power = _band_kurtosis(spec[allowed], starts, width)
+        rows_here = np.flatnonzero(allowed)
+        kurt, power = _band_kurtosis(spec, rows_here, starts, width)
         # Kurtosis ignores scale, so a band holding nothing but the anti-aliasing filter's
         # leakage (a 12 kHz recording resampled to 96 kHz is empty above 6 kHz) could win
         # on a few rounding spikes: only bands within MAX_BAND_DROP_DB of the level's
@@ -156,7 +174,6 @@ def select_bands(spec: C128, n: int, fs: float, defect_hz: F64) -> Bands:
         kurt = np.where(power >= floor, kurt, -np.inf)
         j = kurt.argmax(axis=-1)
         value = kurt[np.arange(kurt.shape[0]), j]
-        rows_here = np.flatnonzero(allowed)
         better = value > best_k[rows_here]
         chosen = rows_here[better]
         best_k[chosen] = value[better]
