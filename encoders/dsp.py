@@ -97,19 +97,25 @@ def magnitude_spectrum(window: Window, n_fft: int | None = None) -> SpectrumFram
     )
 
 
-def hann_spectra_from_rfft(spec: C128, n: int) -> F64:
+def hann_spectra_from_rfft(spec: C128, n: int, *, bins: int | None = None) -> F64:
     """Amplitude spectra of Hann-windowed rows, from the rfft of the unwindowed rows.
 
     The periodic Hann's DFT is (-1/4, 1/2, -1/4), so windowing after the FFT costs three
     multiply-adds per bin and the encoder needs a single forward FFT per window.
+    ``bins``: only the first ``bins`` bins (which read ``spec`` up to bin ``bins``); the
+    quality gate recomputes bins 0-1 of the mean-removed rows that way.
     """
-    windowed = 0.5 * spec
-    windowed[..., 1:-1] -= 0.25 * (spec[..., :-2] + spec[..., 2:])
+    m = spec.shape[-1]
+    stop = m if bins is None else min(bins, m)
+    inner = min(stop, m - 1)  # bins 1 .. inner - 1 have both neighbours in spec
+    windowed = 0.5 * spec[..., :stop]
+    windowed[..., 1:inner] -= 0.25 * (spec[..., : inner - 1] + spec[..., 2 : inner + 1])
     # Neighbours outside the one-sided range are conjugates of bins inside it.
     windowed[..., 0] -= 0.5 * spec[..., 1].real
-    last_right = spec[..., -1] if n % 2 else spec[..., -2]
-    windowed[..., -1] -= 0.25 * (spec[..., -2] + np.conj(last_right))
-    out: F64 = np.abs(windowed) * _one_sided_scale(n, 0.5 * n)
+    if stop == m:
+        last_right = spec[..., -1] if n % 2 else spec[..., -2]
+        windowed[..., -1] -= 0.25 * (spec[..., -2] + np.conj(last_right))
+    out: F64 = np.abs(windowed) * _one_sided_scale(n, 0.5 * n)[:stop]
     return out
 
 

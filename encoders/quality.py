@@ -162,6 +162,7 @@ def assess(
     fs: float,
     *,
     spectrum: npt.NDArray[np.complex128] | None = None,
+    amplitude: npt.NDArray[np.float64] | None = None,
 ) -> list[Quality]:
     """x: (n_windows, n_samples) or (n_samples,) float; returns one Quality per row.
 
@@ -169,7 +170,10 @@ def assess(
     samples are reported as dropout before the rest, which cannot be measured on them).
     ``spectrum``, if the caller already has it, is ``scipy.fft.rfft`` of the unwindowed rows
     (shape ``(n_windows, n_samples // 2 + 1)``, or 1-D for a 1-D ``x``); the Hann window and
-    the mean removal are then applied to it, so no FFT is computed here.
+    the mean removal are then applied to it, so no FFT is computed here. ``amplitude``,
+    with ``spectrum``, is ``hann_spectra_from_rfft(spectrum, n_samples)`` (the encoder's
+    raw spectrum): removing the mean only changes its bins 0 and 1, which are recomputed,
+    so the Hann window is not applied again either.
     """
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim not in (1, 2):
@@ -183,16 +187,28 @@ def assess(
     if not (math.isfinite(fs) and fs > 0):
         raise ValueError(f"fs must be a positive number, got {fs}")
     spec = None if spectrum is None else _checked_spectrum(spectrum, n_rows, n)
+    amp = None
+    if amplitude is not None:
+        if spec is None:
+            raise ValueError("amplitude is read with the spectrum it came from: pass both")
+        amp = np.atleast_2d(np.asarray(amplitude, dtype=np.float64))
+        if amp.shape != spec.shape:
+            raise ValueError(f"amplitude must have the spectrum's shape {spec.shape}")
     # Blocks of ~64k samples keep the temporaries in cache; one window per block above that.
     step = max(1, _BLOCK_SAMPLES // n)
     out: list[Quality] = []
     for start in range(0, n_rows, step):
         block = slice(start, start + step)
-        out += _assess_block(rows[block], fs, None if spec is None else spec[block])
+        out += _assess_block(
+            rows[block],
+            fs,
+            None if spec is None else spec[block],
+            None if amp is None else amp[block],
+        )
     return out
 
 
-def _assess_block(rows: F64, fs: float, spec: C128 | None) -> list[Quality]:
+def _assess_block(rows: F64, fs: float, spec: C128 | None, amp: F64 | None) -> list[Quality]:
     n_rows, n = rows.shape
     out: list[Quality | None] = [None] * n_rows
     finite = np.isfinite(rows)
@@ -218,7 +234,7 @@ def _assess_block(rows: F64, fs: float, spec: C128 | None) -> list[Quality]:
     todo = np.flatnonzero([q is None for q in out])
     if todo.size:
         sub = sfft.rfft(rows[todo], axis=1) if spec is None else spec[todo]
-        share, peak_bin = _tone_share(sub, n)
+        share, peak_bin = _tone_share(sub, n, None if amp is None else amp[todo])
         for j, i in enumerate(todo):
             if share[j] >= TONE_SHARE:
                 out[i] = Quality(
@@ -363,19 +379,25 @@ def _in_runs(mask: Bool) -> int:
     return int(np.count_nonzero(mask & neighbour))
 
 
-def _tone_share(spec: C128, n: int) -> tuple[F64, I64]:
+def _tone_share(spec: C128, n: int, amplitude: F64 | None = None) -> tuple[F64, I64]:
     """Share of AC power in the strongest line, and its bin, from rfft rows of length n.
 
     The periodic Hann's DFT is (-1/4, 1/2, -1/4), so the window is applied to the spectrum;
-    the DC bin is taken as 0 there, which is the same as removing the mean first.
+    the DC bin is taken as 0 there, which is the same as removing the mean first. Its three
+    taps carry the DC bin into bins 0 and 1 only, so given the Hann ``amplitude`` of the
+    rows as they are, only those two bins are recomputed.
     """
-    without_mean = spec.copy()
+    head = spec[:, :3] if amplitude is not None else spec
+    without_mean = head.copy()
     without_mean[:, 0] = 0.0
-    amplitude = hann_spectra_from_rfft(without_mean, n)
+    if amplitude is None:
+        amplitude = hann_spectra_from_rfft(without_mean, n)
     # Amplitudes carry the one-sided factor 2 on every bin but DC and Nyquist; squared,
     # that is 4x. Power counts those bins twice (positive and negative frequency), so the
     # edge bins get the missing 2x back; the common scale cancels in the share.
     power: F64 = np.square(amplitude)
+    if head is not spec:
+        power[:, :2] = np.square(hann_spectra_from_rfft(without_mean, n, bins=2))
     power[:, 0] *= 2.0
     if n % 2 == 0:
         power[:, -1] *= 2.0

@@ -163,7 +163,9 @@ def quality_of(
     is reused); else they are built here."""
     out: list[Quality | None] = [None] * len(measurements)
     for block in window_blocks(measurements) if blocks is None else blocks:
-        qualities = assess(block.samples, block.fs, spectrum=block.spectrum)
+        qualities = assess(
+            block.samples, block.fs, spectrum=block.spectrum, amplitude=block.amplitude
+        )
         for i, q in zip(block.positions, qualities, strict=True):
             out[i] = q
     return out

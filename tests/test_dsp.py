@@ -102,6 +102,15 @@ def test_hann_from_rfft_equals_windowed_fft(n: int) -> None:
     )
 
 
+@pytest.mark.parametrize("n", [1000, 1001])
+def test_hann_from_rfft_first_bins_are_the_full_computation(n: int) -> None:
+    spec = sfft.rfft(np.random.default_rng(n).standard_normal((3, n)), axis=-1)
+    full = hann_spectra_from_rfft(spec, n)
+    for bins in (1, 2, 5, spec.shape[-1] - 1, spec.shape[-1], spec.shape[-1] + 3):
+        head = hann_spectra_from_rfft(spec[:, : bins + 1], n, bins=bins)
+        assert np.array_equal(head, full[:, :bins])  # bit-identical: the quality gate relies on it
+
+
 def test_band_above_nyquist_rejected() -> None:
     with pytest.raises(ValueError, match="Nyquist"):
         envelope_spectrum(np.zeros(4000), 4000.0, (2500.0, 3000.0))
