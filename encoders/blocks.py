@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
-from faultline.encoders.dsp import hann_spectra_from_rfft
+from faultline.encoders.dsp import hann_spectra_from_rfft, row_chunks
 from faultline.encoders.signals import Measurement, Window, shape_groups
 
 __all__ = ["WindowBlock", "window_blocks"]
@@ -68,11 +68,14 @@ def _block(
     fs: float, positions: tuple[int, ...], windows: tuple[Window, ...], samples: F64
 ) -> WindowBlock:
     samples = np.ascontiguousarray(samples)
+    n = samples.shape[-1]
     # Non-finite rows are refused by the encoder and named by the quality gate; their
     # transforms are NaN and must not warn on the way.
     with np.errstate(invalid="ignore", over="ignore"):
         spectrum = sfft.rfft(samples, axis=-1)
-        amplitude = hann_spectra_from_rfft(spectrum, samples.shape[-1])
+        amplitude = np.empty(spectrum.shape)
+        for rows in row_chunks(spectrum.shape[0], spectrum[0].nbytes):
+            hann_spectra_from_rfft(spectrum[rows], n, out=amplitude[rows])
     return WindowBlock(fs, positions, windows, samples, spectrum, amplitude)
 
 
@@ -93,7 +96,9 @@ def window_blocks(
         if not found:
             continue
         keep = _keep(size, fs, max_s)
-        samples = np.stack([np.asarray(w.samples[:keep], dtype=np.float64) for _, w in found])
+        samples = np.empty((len(found), keep))
+        for row, (_, w) in zip(samples, found, strict=True):
+            row[:] = w.samples[:keep]  # cast to float64 on the copy, not before it
         positions = tuple(i for i, _ in found)
         blocks.append(_block(fs, positions, tuple(w for _, w in found), samples))
     return blocks

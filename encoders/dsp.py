@@ -34,6 +34,7 @@ __all__ = [
     "magnitude_spectrum",
     "periodic_hann",
     "resample_to",
+    "row_chunks",
 ]
 
 F64 = npt.NDArray[np.float64]
@@ -43,6 +44,20 @@ BUTTER_ORDER = 4
 """Band-pass order (per edge); run forwards and backwards it gives 48 dB/octave skirts."""
 
 _MAX_RESAMPLE_DENOMINATOR = 1000
+
+CHUNK_BYTES = 1 << 18
+"""Row-wise work on a batch runs in chunks of rows whose arrays are about this big (256 KB):
+a chain of numpy operations over one chunk then stays in the core's cache, where over a
+whole batch every operation streams its arrays through memory. Measured on 16 windows:
+the Hann spectra cost 178 us per 12 kHz window in one block, 43 in chunks of 4 rows;
+556 and 205 us per 48 kHz window (one row per chunk)."""
+
+
+def row_chunks(n_rows: int, row_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> list[slice]:
+    """Consecutive slices covering ``n_rows`` rows, each about ``chunk_bytes`` of rows of
+    ``row_bytes`` (at least one row per slice)."""
+    step = max(1, chunk_bytes // max(1, row_bytes))
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
 @lru_cache(maxsize=16)
@@ -54,12 +69,15 @@ def periodic_hann(n: int) -> F64:
     return w
 
 
+@lru_cache(maxsize=16)
 def _one_sided_scale(n_fft: int, window_sum: float) -> F64:
-    """Factor turning |rfft| of a windowed signal into sine amplitude (peak units)."""
+    """Factor turning |rfft| of a windowed signal into sine amplitude (peak units);
+    read-only, cached (every window of a size uses the same)."""
     scale = np.full(n_fft // 2 + 1, 2.0 / window_sum)
     scale[0] = 1.0 / window_sum
     if n_fft % 2 == 0:
         scale[-1] = 1.0 / window_sum
+    scale.flags.writeable = False
     return scale
 
 
@@ -97,26 +115,34 @@ def magnitude_spectrum(window: Window, n_fft: int | None = None) -> SpectrumFram
     )
 
 
-def hann_spectra_from_rfft(spec: C128, n: int, *, bins: int | None = None) -> F64:
+def hann_spectra_from_rfft(
+    spec: C128, n: int, *, bins: int | None = None, out: F64 | None = None
+) -> F64:
     """Amplitude spectra of Hann-windowed rows, from the rfft of the unwindowed rows.
 
     The periodic Hann's DFT is (-1/4, 1/2, -1/4), so windowing after the FFT costs three
     multiply-adds per bin and the encoder needs a single forward FFT per window.
     ``bins``: only the first ``bins`` bins (which read ``spec`` up to bin ``bins``); the
-    quality gate recomputes bins 0-1 of the mean-removed rows that way.
+    quality gate recomputes bins 0-1 of the mean-removed rows that way. ``out``: where to
+    write the result (float64, the result's shape), e.g. a chunk of a batch's array.
     """
     m = spec.shape[-1]
     stop = m if bins is None else min(bins, m)
     inner = min(stop, m - 1)  # bins 1 .. inner - 1 have both neighbours in spec
     windowed = 0.5 * spec[..., :stop]
-    windowed[..., 1:inner] -= 0.25 * (spec[..., : inner - 1] + spec[..., 2 : inner + 1])
+    # In place where numpy would allocate a temporary of the spectrum's size: this runs on
+    # every window, and fresh large arrays cost a page fault per 4 KB.
+    sides = np.add(spec[..., : inner - 1], spec[..., 2 : inner + 1])
+    sides *= 0.25
+    windowed[..., 1:inner] -= sides
     # Neighbours outside the one-sided range are conjugates of bins inside it.
     windowed[..., 0] -= 0.5 * spec[..., 1].real
     if stop == m:
         last_right = spec[..., -1] if n % 2 else spec[..., -2]
         windowed[..., -1] -= 0.25 * (spec[..., -2] + np.conj(last_right))
-    out: F64 = np.abs(windowed) * _one_sided_scale(n, 0.5 * n)[:stop]
-    return out
+    result: F64 = np.abs(windowed, out=out)
+    result *= _one_sided_scale(n, 0.5 * n)[:stop]
+    return result
 
 
 def resample_to(x: npt.ArrayLike, fs: float, target_fs: float) -> F64:
