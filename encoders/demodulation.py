@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
-from faultline.encoders.dsp import periodic_hann
+from faultline.encoders.dsp import periodic_hann, row_chunks
 
 __all__ = [
     "BANDWIDTHS_HZ",
@@ -102,13 +102,6 @@ def _band_grid(bandwidth_hz: float, df: float, fs: float) -> tuple[int, npt.NDAr
     return width, starts
 
 
-_CHUNK_BYTES = 1 << 18
-"""Rows are filtered in chunks of about this many bytes of band bins (complex128), into
-buffers allocated once per call and reused: the band gather is twice the spectrum's
-size, and a chunk that leaves the core's cache (or a fresh allocation per step, which
-the kernel zero-fills page by page) costs more than the inverse FFTs themselves."""
-
-
 def _band_kurtosis(
     spec: C128, rows: npt.NDArray[np.intp], starts: npt.NDArray[np.intp], width: int
 ) -> tuple[F64, F64]:
@@ -116,18 +109,22 @@ def _band_kurtosis(
 
     All of a level's bands of a chunk of rows go through one batched inverse FFT, in place
     in a reused buffer; each band's envelope power is reduced to its mean and its mean
-    square in the same buffers.
+    square in the same buffers. Chunks (:func:`~faultline.encoders.dsp.row_chunks`) keep
+    the buffers in cache: the band gather is twice the spectrum's size, and streaming it
+    through memory cost more than the inverse FFTs themselves (select_bands on 16 windows
+    of 48 kHz: 4.4 ms per window with chunks of 10 rows and fresh temporaries, 1.9 with
+    256 KB chunks in reused buffers).
     """
     idx = starts[:, None] + np.arange(width)[None, :]
     taper = _taper(width)
     kurt = np.empty((rows.size, starts.size))
     mean_power = np.empty_like(kurt)
-    step = max(1, min(rows.size, _CHUNK_BYTES // (16 * idx.size)))
-    bins = np.empty((step, *idx.shape), dtype=np.complex128)
+    chunks = row_chunks(rows.size, 16 * idx.size)
+    bins = np.empty((chunks[0].stop, *idx.shape), dtype=np.complex128)
     power_buf = np.empty(bins.shape)
     imag_buf = np.empty(bins.shape)
-    for first in range(0, rows.size, step):
-        chunk = rows[first : first + step]
+    for part in chunks:
+        chunk = rows[part]
         z = bins[: chunk.size]
         for k, row in enumerate(chunk.tolist()):
             np.take(spec[row], idx, out=z[k])
@@ -138,8 +135,8 @@ def _band_kurtosis(
         m2 = power.mean(axis=-1)
         power *= power
         m4 = power.mean(axis=-1)
-        kurt[first : first + chunk.size] = m4 / np.maximum(m2 * m2, 1e-300) - 2.0
-        mean_power[first : first + chunk.size] = m2
+        kurt[part] = m4 / np.maximum(m2 * m2, 1e-300) - 2.0
+        mean_power[part] = m2
     return kurt, mean_power
 
 
@@ -194,7 +191,8 @@ def squared_envelope_spectra(spec: C128, n: int, fs: float, bands: Bands) -> tup
 
     Returns (rows, bins) spectra and their bin spacing (1 / window duration, the same as
     the raw spectrum's, whatever the sample rate). Every row's envelope is sampled at twice
-    the widest band in the batch, so all rows share one length.
+    the widest band in the batch, so all rows share one length. The transforms run in
+    chunks of rows (:func:`~faultline.encoders.dsp.row_chunks`), in place where they can.
     """
     rows = spec.shape[0]
     df = fs / n
@@ -206,10 +204,15 @@ def squared_envelope_spectra(spec: C128, n: int, fs: float, bands: Bands) -> tup
     for width in np.unique(widths).tolist():
         sel = np.flatnonzero(widths == width)
         idx = starts[sel, None] + np.arange(width)[None, :]
-        shifted[sel, :width] = np.take_along_axis(spec[sel], idx, axis=-1) * _taper(width)
-    z = sfft.ifft(shifted, axis=-1)
-    power = z.real * z.real + z.imag * z.imag
-    power -= power.mean(axis=-1, keepdims=True)
+        shifted[sel, :width] = spec[sel[:, None], idx] * _taper(width)
     window = periodic_hann(length)
-    out: F64 = np.abs(sfft.rfft(power * window, axis=-1)) * (2.0 / window.sum())
+    gain = 2.0 / window.sum()
+    out: F64 = np.empty((rows, length // 2 + 1))
+    for part in row_chunks(rows, shifted[0].nbytes):
+        z = sfft.ifft(shifted[part], axis=-1, overwrite_x=True)
+        power = z.real * z.real + z.imag * z.imag
+        power -= power.mean(axis=-1, keepdims=True)
+        power *= window
+        np.abs(sfft.rfft(power, axis=-1), out=out[part])
+        out[part] *= gain
     return out, df

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.ndimage import uniform_filter1d
 
+from faultline.encoders.dsp import row_chunks
 from faultline.encoders.geometry import BearingGeometry
 
 __all__ = [
@@ -250,15 +251,27 @@ def time_stats(x: F64) -> F64:
     Gaussian noise (log10 kurtosis/3, log10 crest/4, skewness), so a featureless signal
     reads about zero; RMS and peak-to-peak (log10, relative to 0.1 unit) depend on the
     sensor's gain and units, which is why they carry little weight.
+
+    Computed in chunks of rows (:func:`~faultline.encoders.dsp.row_chunks`) with two
+    temporaries per chunk, updated in place, so the passes over the samples stay in cache.
     """
+    out = np.empty((x.shape[0], len(TIME_STAT_NAMES)))
+    for part in row_chunks(x.shape[0], 8 * x.shape[-1]):
+        out[part] = _time_stats_rows(x[part])
+    return out
+
+
+def _time_stats_rows(x: F64) -> F64:
     centred = x - x.mean(axis=-1, keepdims=True)
     sq = centred * centred  # explicit products: numpy's ** 3 / ** 4 go through pow()
     var = np.mean(sq, axis=-1)
     rms = np.sqrt(np.maximum(var, 1e-30))
-    kurt = np.mean(sq * sq, axis=-1) / np.maximum(var**2, 1e-60)
-    skew = np.mean(sq * centred, axis=-1) / np.maximum(rms**3, 1e-45)
-    peak = np.abs(centred).max(axis=-1)
-    p2p = centred.max(axis=-1) - centred.min(axis=-1)
+    top = centred.max(axis=-1)
+    bottom = centred.min(axis=-1)
+    peak = np.maximum(top, -bottom)  # max |centred|
+    p2p = top - bottom
+    skew = np.mean(np.multiply(sq, centred, out=centred), axis=-1) / np.maximum(rms**3, 1e-45)
+    kurt = np.mean(np.multiply(sq, sq, out=sq), axis=-1) / np.maximum(var**2, 1e-60)
     return np.stack(
         [
             np.log10(np.maximum(kurt, 1e-3) / 3.0),
