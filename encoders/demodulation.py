@@ -148,6 +148,7 @@ def select_bands(spec: C128, n: int, fs: float, defect_hz: F64) -> Bands:
     band allowed. A row with no admissible band (a sample rate too low for the bearing's
     speed) gets the widest band the rate allows.
     """
+    spec = np.asarray(spec, dtype=np.complex128)  # the band buffers are complex128
     rows = spec.shape[0]
     df = fs / n
     best_k = np.full(rows, -np.inf)

@@ -140,7 +140,7 @@ def hann_spectra_from_rfft(
     if stop == m:
         last_right = spec[..., -1] if n % 2 else spec[..., -2]
         windowed[..., -1] -= 0.25 * (spec[..., -2] + np.conj(last_right))
-    result: F64 = np.abs(windowed, out=out)
+    result: F64 = np.abs(windowed, out=np.empty(windowed.shape) if out is None else out)
     result *= _one_sided_scale(n, 0.5 * n)[:stop]
     return result
 
