@@ -89,16 +89,20 @@ def _taper(width: int) -> F64:
     return w
 
 
+@lru_cache(maxsize=64)
 def _band_grid(bandwidth_hz: float, df: float, fs: float) -> tuple[int, npt.NDArray[np.intp]]:
-    """Bins per band and the first bin of each band, on a grid fixed in hertz."""
+    """Bins per band and the first bin of each band, on a grid fixed in hertz (read-only,
+    cached: every window of a shape uses the same)."""
     width = max(8, round(bandwidth_hz / df))
     half_hz = bandwidth_hz / 2.0
     top_hz = MAX_HIGH_EDGE_NYQUIST * fs / 2.0
     k_first = int(np.ceil(MIN_LOW_EDGE_HZ / half_hz))
     k_last = int(np.floor((top_hz - bandwidth_hz) / half_hz))
     if k_last < k_first:
-        return width, np.zeros(0, dtype=np.intp)
-    starts = np.round(np.arange(k_first, k_last + 1) * half_hz / df).astype(np.intp)
+        starts = np.zeros(0, dtype=np.intp)
+    else:
+        starts = np.round(np.arange(k_first, k_last + 1) * half_hz / df).astype(np.intp)
+    starts.flags.writeable = False
     return width, starts
 
 

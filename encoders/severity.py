@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -111,17 +112,33 @@ def velocity_rms_mm_s(
         spectrum = sfft.rfft(rows, axis=-1)
     elif spectrum.shape != (rows.shape[0], n // 2 + 1):
         raise ValueError(f"spectrum must be the rfft of the rows, got shape {spectrum.shape}")
-    freqs = np.fft.rfftfreq(n, d=1.0 / fs)
-    inside = (freqs >= lo) & (freqs <= min(hi, fs / 2.0))
-    omega = 2.0 * np.pi * freqs[inside]
-    velocity = spectrum[:, inside] * (unit_m_s2 / omega)  # m/s per bin
-    # Parseval for a one-sided spectrum: every kept bin but DC and Nyquist counts twice.
-    weight = np.full(omega.shape, 2.0)
-    if n % 2 == 0 and inside[-1]:
-        weight[-1] = 1.0
+    bins, per_bin, weight = _velocity_bins(n, float(fs), (float(lo), float(hi)), unit_m_s2)
+    velocity = spectrum[:, bins] * per_bin  # m/s per bin
     power = (weight * (velocity.real**2 + velocity.imag**2)).sum(axis=-1) / n**2
     result: npt.NDArray[np.float64] = np.sqrt(power) * 1000.0
     return result
+
+
+@lru_cache(maxsize=32)
+def _velocity_bins(
+    n: int, fs: float, band_hz: tuple[float, float], unit_m_s2: float
+) -> tuple[slice, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The rfft bins of an ``n``-sample window inside the band (a slice: frequencies rise),
+    each bin's factor from acceleration to velocity (m/s per unit), and its Parseval weight.
+    Cached (read-only): every window of a shape uses the same."""
+    lo, hi = band_hz
+    freqs = np.fft.rfftfreq(n, d=1.0 / fs)
+    inside = np.flatnonzero((freqs >= lo) & (freqs <= min(hi, fs / 2.0)))
+    bins = slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
+    omega = 2.0 * np.pi * freqs[bins]
+    per_bin = np.asarray(unit_m_s2 / omega, dtype=np.float64)
+    # Parseval for a one-sided spectrum: every kept bin but DC and Nyquist counts twice.
+    weight: npt.NDArray[np.float64] = np.full(omega.shape, 2.0)
+    if n % 2 == 0 and inside.size and inside[-1] == freqs.size - 1:
+        weight[-1] = 1.0
+    per_bin.flags.writeable = False
+    weight.flags.writeable = False
+    return bins, per_bin, weight
 
 
 def zone_of(velocity_mm_s: float, table: ZoneTable) -> Zone:
