@@ -81,6 +81,15 @@ _BLOCK_SCALE: dict[str, float] = {
 }
 
 
+@lru_cache(maxsize=64)
+def _line_orders(geometry: BearingGeometry) -> F64:
+    """Shaft orders of ``geometry``'s characteristic lines (read-only, cached: every batch
+    asks for them, and most assets share a handful of bearings)."""
+    orders = ft.characteristic_orders(geometry)[1]
+    orders.flags.writeable = False
+    return orders
+
+
 @lru_cache(maxsize=4)
 def default_projection(threads: int = 1) -> ProjectionSet:
     """The shipped ONNX projections (sha256-verified once per process and thread count).
@@ -143,6 +152,9 @@ class SpectrumEncoder:
         self._threads = threads
         self._geometry_arg = default_geometry
         self._layout = {view: self._block_layout(view) for view in ("window", "spectrum")}
+        self._n_features: dict[View, int] = {
+            view: len(self.feature_names(view)) for view in ("window", "spectrum")
+        }
         self._weights = {view: self._block_weights(view) for view in ("window", "spectrum")}
         for view in ("window", "spectrum"):
             if projection is not None and projection.n_features(view) != self.n_features(view):
@@ -184,7 +196,7 @@ class SpectrumEncoder:
         return self.n_features(view)
 
     def n_features(self, view: View) -> int:
-        return len(self.feature_names(view))
+        return self._n_features[view]
 
     def with_projection(self, projection: ProjectionSet | None) -> SpectrumEncoder:
         """The same features encoded through ``projection`` (or v1 when None)."""
@@ -317,7 +329,9 @@ class SpectrumEncoder:
     @staticmethod
     def _check_block(block: WindowBlock) -> None:
         """Finite samples, and enough of them to resolve the shaft orders."""
-        if not np.all(np.isfinite(block.samples)):
+        # The rfft's 0 Hz bin is each row's sum: finite exactly when no sample is NaN or
+        # infinite (unless the sum overflows, which the full check then settles).
+        if not np.isfinite(block.spectrum[:, 0]).all() and not np.isfinite(block.samples).all():
             raise ValueError("window samples must be finite")
         if block.n < MIN_SAMPLES or block.n / block.fs < MIN_DURATION_S:
             raise ValueError(
@@ -360,14 +374,7 @@ class SpectrumEncoder:
                 self._rpm_cache.popitem(last=False)
 
     def _orders(self, items: Sequence[Measurement]) -> F64:
-        cache: dict[BearingGeometry, F64] = {}
-        rows = []
-        for it in items:
-            geometry = it.geometry or self.default_geometry
-            if geometry not in cache:
-                cache[geometry] = ft.characteristic_orders(geometry)[1]
-            rows.append(cache[geometry])
-        return np.stack(rows)
+        return np.stack([_line_orders(it.geometry or self.default_geometry) for it in items])
 
     def profile_windows(self, items: Sequence[Window]) -> dict[str, float]:
         """Seconds each stage of the window view took for ``items`` (one shape): what
