@@ -332,20 +332,22 @@ def _check_dropout(
     repeat = rows[:, 1:] == rows[:, :-1]  # joins sample i to i - 1
     # A run of more than `limit` samples needs at least `limit` repeats in the row.
     maybe = np.flatnonzero(_count_per_row(repeat) >= limit)
-    if maybe.size:
+    for row in maybe.tolist():
+        if out[row] is not None:
+            continue
+        joined = np.flatnonzero(repeat[row])  # repeat j joins sample j + 1 to sample j
+        tail = joined + 1
         # Runs at a rail are clipping, unless they are zeros (lost packets).
-        tail = rows[maybe, 1:]
-        repeat = repeat[maybe] & (~(at_hi[maybe, 1:] | at_lo[maybe, 1:]) | (tail == 0.0))
-        length, end = _longest_true_run(repeat)
-        for j, i in enumerate(maybe):
-            run = int(length[j]) + 1  # k repeats join k + 1 samples
-            if out[i] is None and run > limit:
-                start = int(end[j]) - run + 2  # index into rows, not into repeat
-                out[i] = Quality(
-                    "dropout",
-                    f"dropout: {run} repeated samples ({1000 * run / fs:.1f} ms) of value "
-                    f"{rows[i, start]:.4g} from t={start / fs:.3f} s (limit {limit} samples)",
-                )
+        keep = ~(at_hi[row, tail] | at_lo[row, tail]) | (rows[row, tail] == 0.0)
+        length, end = _longest_run(joined[keep])
+        run = length + 1  # k repeats join k + 1 samples
+        if run > limit:
+            start = end - run + 2  # index into rows, not into repeat
+            out[row] = Quality(
+                "dropout",
+                f"dropout: {run} repeated samples ({1000 * run / fs:.1f} ms) of value "
+                f"{rows[row, start]:.4g} from t={start / fs:.3f} s (limit {limit} samples)",
+            )
     for i in np.flatnonzero(zero_share >= DROPOUT_ZERO_SHARE):
         if out[i] is None:
             out[i] = Quality(
@@ -361,15 +363,22 @@ def _count_per_row(mask: Bool) -> I64:
     return np.array([np.count_nonzero(row) for row in mask], dtype=np.int64)
 
 
-def _longest_true_run(mask: Bool) -> tuple[I64, I64]:
-    """Per row: length of the longest run of True and the index of its last element."""
-    m = mask.shape[1]
-    pos = np.arange(m)
-    last_false = np.maximum.accumulate(np.where(mask, -1, pos), axis=1)
-    length = pos - last_false
-    end = np.argmax(length, axis=1)
-    best: I64 = np.take_along_axis(length, end[:, None], axis=1)[:, 0]
-    return best, end.astype(np.int64)
+def _longest_run(positions: npt.NDArray[np.intp]) -> tuple[int, int]:
+    """Length of the longest run of consecutive ``positions`` (ascending) and its last
+    position (the first such run; 0 and 0 when there are none).
+
+    Read from the repeated samples' positions alone: rows get here because they hold many
+    repeats, which is still a small share of them (about 100 in 48,000 on CWRU 97.mat),
+    so this costs one pass over the row's mask instead of five over int64 arrays of its
+    length.
+    """
+    if positions.size == 0:
+        return 0, 0
+    last = np.flatnonzero(np.diff(positions) != 1)  # runs end where the positions jump
+    run_end = np.append(last, positions.size - 1)
+    run_length = run_end - np.concatenate(([-1], last))
+    first_longest = int(np.argmax(run_length))
+    return int(run_length[first_longest]), int(positions[run_end[first_longest]])
 
 
 def _check_clipped(
