@@ -4,7 +4,8 @@ A diagnosis reads each window several times: the encoder's features, the signal-
 gate (:mod:`faultline.encoders.quality`) and the velocity RMS
 (:mod:`faultline.encoders.severity`) all start from the same samples and the same rfft.
 Stacking the samples and transforming them once per batch, instead of once per step, was
-about a fifth of the cost of a diagnosis; a :class:`WindowBlock` is that shared start,
+about a fifth of the cost of a diagnosis; the same goes for the samples' mean, spread and
+extremes (the time features and the quality gate). A :class:`WindowBlock` is that shared start,
 built by :func:`window_blocks` and handed to each step through an explicit parameter.
 
 Pure numpy/scipy; no I/O.
@@ -20,7 +21,12 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
-from faultline.encoders.dsp import hann_spectra_from_rfft, row_chunks
+from faultline.encoders.dsp import (
+    SampleMoments,
+    hann_spectra_from_rfft,
+    row_chunks,
+    sample_moments,
+)
 from faultline.encoders.signals import Measurement, Window, shape_groups
 
 __all__ = ["WindowBlock", "window_blocks"]
@@ -36,7 +42,9 @@ class WindowBlock:
     ``positions``: where each row's window sits in the batch; ``samples``: (rows, n)
     float64, as sent (or cut, see :func:`window_blocks`); ``spectrum``:
     ``scipy.fft.rfft(samples, axis=-1)``; ``amplitude``: the Hann amplitude spectra,
-    ``hann_spectra_from_rfft(spectrum, n)``. Read-only by convention: steps share them.
+    ``hann_spectra_from_rfft(spectrum, n)``; ``moments``: ``sample_moments(samples)``
+    (mean, spread, extremes: the time features and the quality gate read the same).
+    Read-only by convention: steps share them.
     """
 
     fs: float
@@ -45,6 +53,7 @@ class WindowBlock:
     samples: F64
     spectrum: C128
     amplitude: F64
+    moments: SampleMoments
 
     @property
     def n(self) -> int:
@@ -76,7 +85,8 @@ def _block(
         amplitude = np.empty(spectrum.shape)
         for rows in row_chunks(spectrum.shape[0], spectrum[0].nbytes):
             hann_spectra_from_rfft(spectrum[rows], n, out=amplitude[rows])
-    return WindowBlock(fs, positions, windows, samples, spectrum, amplitude)
+    moments = sample_moments(samples)
+    return WindowBlock(fs, positions, windows, samples, spectrum, amplitude, moments)
 
 
 def window_blocks(

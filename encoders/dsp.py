@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,7 @@ from scipy.signal import butter, hilbert, resample_poly, sosfiltfilt, sosfreqz
 from faultline.encoders.signals import SpectrumFrame, Window
 
 __all__ = [
+    "SampleMoments",
     "amplitude_spectra",
     "butter_zero_phase_gain",
     "envelope_spectra_from_rfft",
@@ -35,6 +37,7 @@ __all__ = [
     "periodic_hann",
     "resample_to",
     "row_chunks",
+    "sample_moments",
 ]
 
 F64 = npt.NDArray[np.float64]
@@ -79,6 +82,44 @@ def _one_sided_scale(n_fft: int, window_sum: float) -> F64:
         scale[-1] = 1.0 / window_sum
     scale.flags.writeable = False
     return scale
+
+
+class SampleMoments(NamedTuple):
+    """Per-row statistics of raw samples: computed once per window
+    (:func:`faultline.encoders.blocks.window_blocks`) and read by both the time features
+    (:func:`faultline.encoders.features.time_stats`) and the quality gate."""
+
+    mean: F64
+    var: F64
+    """Mean squared deviation from the mean, by np.var's own steps (its square root is
+    np.std bit for bit)."""
+    third: F64
+    """Mean cubed deviation."""
+    fourth: F64
+    """Mean fourth-power deviation."""
+    top: F64
+    """Largest sample."""
+    bottom: F64
+    """Smallest sample."""
+
+
+def sample_moments(x: F64) -> SampleMoments:
+    """:class:`SampleMoments` of each row of ``x`` (rows, samples), in cache-sized chunks
+    with two temporaries each, updated in place. Non-finite rows give NaN, quietly."""
+    out = np.empty((6, x.shape[0]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for part in row_chunks(x.shape[0], 8 * x.shape[-1]):
+            rows = x[part]
+            mean = rows.mean(axis=-1, keepdims=True)
+            centred = rows - mean
+            sq = centred * centred  # explicit products: numpy's ** 3 / ** 4 go through pow()
+            out[0, part] = mean[:, 0]
+            out[1, part] = sq.mean(axis=-1)
+            out[2, part] = np.multiply(sq, centred, out=centred).mean(axis=-1)
+            out[3, part] = np.multiply(sq, sq, out=sq).mean(axis=-1)
+            out[4, part] = rows.max(axis=-1)
+            out[5, part] = rows.min(axis=-1)
+    return SampleMoments(*out)
 
 
 def amplitude_spectra(x: npt.ArrayLike, n_fft: int | None = None) -> F64:

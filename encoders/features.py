@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.ndimage import uniform_filter1d
 
-from faultline.encoders.dsp import row_chunks
+from faultline.encoders.dsp import SampleMoments, sample_moments
 from faultline.encoders.geometry import BearingGeometry
 
 __all__ = [
@@ -267,7 +267,7 @@ def band_kurtosis_feature(kurtosis: F64) -> F64:
     return out
 
 
-def time_stats(x: F64) -> F64:
+def time_stats(x: F64, moments: SampleMoments | None = None) -> F64:
     """Kurtosis, crest factor, skewness, RMS and peak-to-peak of each row.
 
     Impacts raise kurtosis and crest before any line shows. Each is expressed relative to
@@ -275,26 +275,18 @@ def time_stats(x: F64) -> F64:
     reads about zero; RMS and peak-to-peak (log10, relative to 0.1 unit) depend on the
     sensor's gain and units, which is why they carry little weight.
 
-    Computed in chunks of rows (:func:`~faultline.encoders.dsp.row_chunks`) with two
-    temporaries per chunk, updated in place, so the passes over the samples stay in cache.
+    ``moments``: ``sample_moments(x)`` when the caller has them (the window blocks carry
+    them for the quality gate too); else they are computed here.
     """
-    out = np.empty((x.shape[0], len(TIME_STAT_NAMES)))
-    for part in row_chunks(x.shape[0], 8 * x.shape[-1]):
-        out[part] = _time_stats_rows(x[part])
-    return out
-
-
-def _time_stats_rows(x: F64) -> F64:
-    centred = x - x.mean(axis=-1, keepdims=True)
-    sq = centred * centred  # explicit products: numpy's ** 3 / ** 4 go through pow()
-    var = np.mean(sq, axis=-1)
-    rms = np.sqrt(np.maximum(var, 1e-30))
-    top = centred.max(axis=-1)
-    bottom = centred.min(axis=-1)
-    peak = np.maximum(top, -bottom)  # max |centred|
+    m = sample_moments(x) if moments is None else moments
+    rms = np.sqrt(np.maximum(m.var, 1e-30))
+    # The centred rows' extremes: rounding is monotonic, so max(x - mean) is max(x) - mean.
+    top = m.top - m.mean
+    bottom = m.bottom - m.mean
+    peak = np.maximum(top, -bottom)  # max |x - mean|
     p2p = top - bottom
-    skew = np.mean(np.multiply(sq, centred, out=centred), axis=-1) / np.maximum(rms**3, 1e-45)
-    kurt = np.mean(np.multiply(sq, sq, out=sq), axis=-1) / np.maximum(var**2, 1e-60)
+    skew = m.third / np.maximum(rms**3, 1e-45)
+    kurt = m.fourth / np.maximum(m.var**2, 1e-60)
     return np.stack(
         [
             np.log10(np.maximum(kurt, 1e-3) / 3.0),

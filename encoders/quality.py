@@ -47,7 +47,12 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
-from faultline.encoders.dsp import hann_spectra_from_rfft, row_chunks
+from faultline.encoders.dsp import (
+    SampleMoments,
+    hann_spectra_from_rfft,
+    row_chunks,
+    sample_moments,
+)
 
 __all__ = [
     "CLIP_REL_TOL",
@@ -168,6 +173,7 @@ def assess(
     *,
     spectrum: npt.NDArray[np.complex128] | None = None,
     amplitude: npt.NDArray[np.float64] | None = None,
+    moments: SampleMoments | None = None,
 ) -> list[Quality]:
     """x: (n_windows, n_samples) or (n_samples,) float; returns one Quality per row.
 
@@ -178,7 +184,8 @@ def assess(
     the mean removal are then applied to it, so no FFT is computed here. ``amplitude``,
     with ``spectrum``, is ``hann_spectra_from_rfft(spectrum, n_samples)`` (the encoder's
     raw spectrum): removing the mean only changes its bins 0 and 1, which are recomputed,
-    so the Hann window is not applied again either.
+    so the Hann window is not applied again either. ``moments``: ``sample_moments`` of the
+    rows (the encoder's too), so their mean, spread and extremes are not computed again.
     """
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim not in (1, 2):
@@ -206,18 +213,21 @@ def assess(
             fs,
             None if spec is None else spec[block],
             None if amp is None else amp[block],
+            None if moments is None else SampleMoments(*(m[block] for m in moments)),
         )
     return out
 
 
-def _assess_block(rows: F64, fs: float, spec: C128 | None, amp: F64 | None) -> list[Quality]:
+def _assess_block(
+    rows: F64, fs: float, spec: C128 | None, amp: F64 | None, moments: SampleMoments | None
+) -> list[Quality]:
     n_rows, n = rows.shape
     out: list[Quality | None] = [None] * n_rows
+    if moments is None:
+        moments = sample_moments(rows)
     # A finite mean means finite samples (NaN and inf propagate into the sum), so the
     # samples themselves are only checked in rows whose mean is not finite.
-    with np.errstate(invalid="ignore", over="ignore"):
-        mean = rows.mean(axis=1, keepdims=True)
-    if not np.isfinite(mean).all():
+    if not np.isfinite(moments.mean).all():
         finite = np.isfinite(rows)
         bad = ~finite.all(axis=1)
         if bad.any():
@@ -225,14 +235,12 @@ def _assess_block(rows: F64, fs: float, spec: C128 | None, amp: F64 | None) -> l
                 k = int(n - np.count_nonzero(finite[i]))
                 out[i] = Quality("dropout", f"dropout: {k} non-finite samples (NaN/inf)")
             rows = np.where(finite, rows, 0.0)
-            mean = rows.mean(axis=1, keepdims=True)
+            moments = sample_moments(rows)
 
-    centred = rows - mean  # np.std's own steps, without computing the mean again
-    centred *= centred
-    std = np.sqrt(centred.sum(axis=1) / n)
-    mean = mean[:, 0]
-    hi = rows.max(axis=1)
-    lo = rows.min(axis=1)
+    mean = moments.mean
+    std = np.sqrt(moments.var)
+    hi = moments.top
+    lo = moments.bottom
     tol = CLIP_REL_TOL * (hi - lo)
     at_hi = rows >= (hi - tol)[:, None]
     at_lo = rows <= (lo + tol)[:, None]

@@ -410,7 +410,7 @@ class SpectrumEncoder:
         lap("band selection")
         env, env_df = squared_envelope_spectra(spec, n, fs, bands)
         lap("demodulation")
-        stats = ft.time_stats(x)
+        stats = ft.time_stats(x, block.moments)
         feats = np.concatenate(
             [
                 stats[:, :3],

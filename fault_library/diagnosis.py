@@ -164,7 +164,11 @@ def quality_of(
     out: list[Quality | None] = [None] * len(measurements)
     for block in window_blocks(measurements) if blocks is None else blocks:
         qualities = assess(
-            block.samples, block.fs, spectrum=block.spectrum, amplitude=block.amplitude
+            block.samples,
+            block.fs,
+            spectrum=block.spectrum,
+            amplitude=block.amplitude,
+            moments=block.moments,
         )
         for i, q in zip(block.positions, qualities, strict=True):
             out[i] = q
