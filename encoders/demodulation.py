@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft as sfft
 
-from faultline.encoders.dsp import periodic_hann, row_chunks
+from faultline.encoders.dsp import mean_last, periodic_hann, row_chunks
 
 __all__ = [
     "BANDWIDTHS_HZ",
@@ -164,18 +164,22 @@ def _band_kurtosis(
         chunk = rows[part]
         z = bins[: chunk.size]
         pairs = z.view(np.float64)
-        for k, row in enumerate(chunk.tolist()):
-            if strided is not None:
-                np.multiply(strided[row], taper2, out=pairs[k])
-            else:
-                np.take(spec[row], idx, out=z[k])
-                pairs[k] *= taper2
+        first, last = int(chunk[0]), int(chunk[-1])
+        if strided is not None and last - first == chunk.size - 1:  # the usual: all rows
+            np.multiply(strided[first : last + 1], taper2, out=pairs)
+        else:
+            for k, row in enumerate(chunk.tolist()):
+                if strided is not None:
+                    np.multiply(strided[row], taper2, out=pairs[k])
+                else:
+                    np.take(spec[row], idx, out=z[k])
+                    pairs[k] *= taper2
         pairs = sfft.ifft(z, axis=-1, overwrite_x=True).view(np.float64)  # in place, usually
         square = np.multiply(pairs, pairs, out=square_buf[: chunk.size])
         power = np.add(square[..., 0::2], square[..., 1::2], out=power_buf[: chunk.size])
-        m2 = power.mean(axis=-1)
+        m2 = mean_last(power)
         power *= power
-        m4 = power.mean(axis=-1)
+        m4 = mean_last(power)
         kurt[part] = m4 / np.maximum(m2 * m2, 1e-300) - 2.0
         mean_power[part] = m2
     return kurt, mean_power
@@ -259,7 +263,7 @@ def squared_envelope_spectra(spec: C128, n: int, fs: float, bands: Bands) -> tup
         pairs = sfft.ifft(shifted[part], axis=-1, overwrite_x=True).view(np.float64)
         pairs *= pairs
         power = np.add(pairs[:, 0::2], pairs[:, 1::2])
-        power -= power.mean(axis=-1, keepdims=True)
+        power -= mean_last(power, keepdims=True)
         power *= window
         np.abs(sfft.rfft(power, axis=-1), out=out[part])
         out[part] *= gain

@@ -34,6 +34,7 @@ __all__ = [
     "envelope_spectrum",
     "hann_spectra_from_rfft",
     "magnitude_spectrum",
+    "mean_last",
     "periodic_hann",
     "resample_to",
     "row_chunks",
@@ -54,6 +55,15 @@ a chain of numpy operations over one chunk then stays in the core's cache, where
 whole batch every operation streams its arrays through memory. Measured on 16 windows:
 the Hann spectra cost 178 us per 12 kHz window in one block, 43 in chunks of 4 rows;
 556 and 205 us per 48 kHz window (one row per chunk)."""
+
+
+def mean_last(x: F64, *, keepdims: bool = False) -> F64:
+    """``x.mean(axis=-1)``: the same pairwise sum divided by the count, without the Python
+    layer of ndarray.mean (about 2 us a call; the chunked loops call it a hundred times a
+    batch)."""
+    total = np.add.reduce(x, axis=-1, keepdims=True) if keepdims else np.add.reduce(x, axis=-1)
+    out: F64 = total / x.shape[-1]
+    return out
 
 
 def row_chunks(n_rows: int, row_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> list[slice]:
@@ -110,13 +120,13 @@ def sample_moments(x: F64) -> SampleMoments:
     with np.errstate(invalid="ignore", over="ignore"):
         for part in row_chunks(x.shape[0], 8 * x.shape[-1]):
             rows = x[part]
-            mean = rows.mean(axis=-1, keepdims=True)
+            mean = mean_last(rows, keepdims=True)
             centred = rows - mean
             sq = centred * centred  # explicit products: numpy's ** 3 / ** 4 go through pow()
             out[0, part] = mean[:, 0]
-            out[1, part] = sq.mean(axis=-1)
-            out[2, part] = np.multiply(sq, centred, out=centred).mean(axis=-1)
-            out[3, part] = np.multiply(sq, sq, out=sq).mean(axis=-1)
+            out[1, part] = mean_last(sq)
+            out[2, part] = mean_last(np.multiply(sq, centred, out=centred))
+            out[3, part] = mean_last(np.multiply(sq, sq, out=sq))
             out[4, part] = rows.max(axis=-1)
             out[5, part] = rows.min(axis=-1)
     return SampleMoments(*out)
