@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.ndimage import uniform_filter1d
 
+from faultline.encoders.dsp import SampleMoments, sample_moments
 from faultline.encoders.geometry import BearingGeometry
 
 __all__ = [
@@ -133,17 +134,42 @@ def characteristic_orders(geometry: BearingGeometry) -> tuple[tuple[str, ...], F
     return tuple(names), np.asarray(values, dtype=np.float64)
 
 
+_SEARCH_STEPS = np.linspace(-1.0, 1.0, 21)
+"""Where a line's peak is looked for, in units of its search half-width."""
+_BASELINE_STEPS = np.linspace(-1.0, 1.0, 41)
+"""Where its neighbourhood's median is read, in units of the baseline half-width."""
+_SEARCH_STEPS.flags.writeable = False
+_BASELINE_STEPS.flags.writeable = False
+
+
 def _interp_rows(values: F64, positions: F64) -> F64:
-    """``values[r]`` linearly interpolated at fractional bins ``positions[r, ...]``."""
-    n_bins = values.shape[-1]
-    pos = np.clip(positions, 0.0, n_bins - 1.000001)
+    """``values[r]`` linearly interpolated at fractional bins ``positions[r, ...]``.
+
+    Runs for every line of every window, mostly on small arrays, so it avoids numpy's
+    per-call overheads (np.clip, np.take_along_axis): the same numbers, read by flat index.
+    """
+    n_rows, n_bins = values.shape
+    pos = np.minimum(np.maximum(positions, 0.0), n_bins - 1.000001)
     i0 = pos.astype(np.intp)
     frac = pos - i0
-    flat_shape = (positions.shape[0], -1)
-    i0f = i0.reshape(flat_shape)
-    left = np.take_along_axis(values, i0f, axis=-1).reshape(positions.shape)
-    right = np.take_along_axis(values, i0f + 1, axis=-1).reshape(positions.shape)
+    flat_index = i0.reshape(n_rows, -1)
+    flat_index += np.arange(0, n_rows * n_bins, n_bins)[:, None]
+    flat = np.ascontiguousarray(values).reshape(-1)
+    left = flat[flat_index].reshape(positions.shape)
+    flat_index += 1
+    right = flat[flat_index].reshape(positions.shape)
     out: F64 = left * (1.0 - frac) + right * frac
+    return out
+
+
+def _median_last(values: F64) -> F64:
+    """``np.median(values, axis=-1)`` for an odd-length last axis, without its per-call
+    overhead: the middle order statistic, NaN where a row holds NaN (as numpy's)."""
+    size = values.shape[-1]
+    middle = size // 2
+    part = np.partition(values, (middle, size - 1), axis=-1)
+    out: F64 = part[..., middle].copy()
+    out[np.isnan(part[..., -1])] = np.nan  # NaNs sort last
     return out
 
 
@@ -166,13 +192,11 @@ def line_prominence(
     """
     centre = orders * shaft_hz[:, None]  # (n, m) Hz
     half = np.maximum(params.search_tol * centre, df)
-    u = np.linspace(-1.0, 1.0, 21)
-    search = (centre[..., None] + half[..., None] * u) / df
+    search = (centre[..., None] + half[..., None] * _SEARCH_STEPS) / df
     peak = _interp_rows(mag, search).max(axis=-1)
     wide = np.maximum(params.baseline_orders * shaft_hz[:, None], 8.0 * df)
-    v = np.linspace(-1.0, 1.0, 41)
-    around = (centre[..., None] + wide[..., None] * v) / df
-    base = np.median(_interp_rows(mag, around), axis=-1)
+    around = (centre[..., None] + wide[..., None] * _BASELINE_STEPS) / df
+    base = _median_last(_interp_rows(mag, around))
     out_of_range = centre + half >= (mag.shape[-1] - 1) * df
     if log_scale:
         floor = 1e-12 * (mag.max(axis=-1, keepdims=True) + 1e-30)
@@ -243,22 +267,26 @@ def band_kurtosis_feature(kurtosis: F64) -> F64:
     return out
 
 
-def time_stats(x: F64) -> F64:
+def time_stats(x: F64, moments: SampleMoments | None = None) -> F64:
     """Kurtosis, crest factor, skewness, RMS and peak-to-peak of each row.
 
     Impacts raise kurtosis and crest before any line shows. Each is expressed relative to
     Gaussian noise (log10 kurtosis/3, log10 crest/4, skewness), so a featureless signal
     reads about zero; RMS and peak-to-peak (log10, relative to 0.1 unit) depend on the
     sensor's gain and units, which is why they carry little weight.
+
+    ``moments``: ``sample_moments(x)`` when the caller has them (the window blocks carry
+    them for the quality gate too); else they are computed here.
     """
-    centred = x - x.mean(axis=-1, keepdims=True)
-    sq = centred * centred  # explicit products: numpy's ** 3 / ** 4 go through pow()
-    var = np.mean(sq, axis=-1)
-    rms = np.sqrt(np.maximum(var, 1e-30))
-    kurt = np.mean(sq * sq, axis=-1) / np.maximum(var**2, 1e-60)
-    skew = np.mean(sq * centred, axis=-1) / np.maximum(rms**3, 1e-45)
-    peak = np.abs(centred).max(axis=-1)
-    p2p = centred.max(axis=-1) - centred.min(axis=-1)
+    m = sample_moments(x) if moments is None else moments
+    rms = np.sqrt(np.maximum(m.var, 1e-30))
+    # The centred rows' extremes: rounding is monotonic, so max(x - mean) is max(x) - mean.
+    top = m.top - m.mean
+    bottom = m.bottom - m.mean
+    peak = np.maximum(top, -bottom)  # max |x - mean|
+    p2p = top - bottom
+    skew = m.third / np.maximum(rms**3, 1e-45)
+    kurt = m.fourth / np.maximum(m.var**2, 1e-60)
     return np.stack(
         [
             np.log10(np.maximum(kurt, 1e-3) / 3.0),

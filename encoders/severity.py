@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+import scipy.fft as sfft
 
 __all__ = [
     "DEFAULT_MACHINE_CLASS",
@@ -89,30 +91,54 @@ def velocity_rms_mm_s(
     *,
     unit_m_s2: float = G,
     band_hz: tuple[float, float] = VELOCITY_BAND_HZ,
+    spectrum: npt.NDArray[np.complex128] | None = None,
 ) -> npt.NDArray[np.float64]:
     """Velocity RMS in mm/s, band-limited, of each row of acceleration ``samples``.
 
     ``unit_m_s2``: what one unit of the samples is in m/s^2 (``G`` for samples in g,
-    1.0 for m/s^2). The mean is removed first (a DC offset is not vibration).
+    1.0 for m/s^2). The mean (a DC offset, not vibration) only sits in the 0 Hz bin, which
+    the band (it must start above 0 Hz) leaves out. ``spectrum``: ``scipy.fft.rfft`` of
+    the rows when the caller already has it (the diagnosis shares one per window), so no
+    FFT is computed here.
     """
     rows = np.atleast_2d(np.asarray(samples, dtype=np.float64))
     n = rows.shape[-1]
     if n < 2 or fs <= 0:
         raise ValueError(f"need at least 2 samples and fs > 0 (got {n} samples, fs {fs})")
-    accel = (rows - rows.mean(axis=-1, keepdims=True)) * unit_m_s2
-    spectrum = np.fft.rfft(accel, axis=-1)
-    freqs = np.fft.rfftfreq(n, d=1.0 / fs)
     lo, hi = band_hz
-    inside = (freqs >= lo) & (freqs <= min(hi, fs / 2.0))
-    omega = 2.0 * np.pi * freqs[inside]
-    velocity = spectrum[:, inside] / omega  # m/s per bin
-    # Parseval for a one-sided spectrum: every kept bin but DC and Nyquist counts twice.
-    weight = np.full(omega.shape, 2.0)
-    if n % 2 == 0 and inside[-1]:
-        weight[-1] = 1.0
-    power = (weight * np.abs(velocity) ** 2).sum(axis=-1) / n**2
+    if not lo > 0:
+        raise ValueError(f"the velocity band must start above 0 Hz, got {band_hz}")
+    if spectrum is None:
+        spectrum = sfft.rfft(rows, axis=-1)
+    elif spectrum.shape != (rows.shape[0], n // 2 + 1):
+        raise ValueError(f"spectrum must be the rfft of the rows, got shape {spectrum.shape}")
+    bins, per_bin, weight = _velocity_bins(n, float(fs), (float(lo), float(hi)), unit_m_s2)
+    velocity = spectrum[:, bins] * per_bin  # m/s per bin
+    power = (weight * (velocity.real**2 + velocity.imag**2)).sum(axis=-1) / n**2
     result: npt.NDArray[np.float64] = np.sqrt(power) * 1000.0
     return result
+
+
+@lru_cache(maxsize=32)
+def _velocity_bins(
+    n: int, fs: float, band_hz: tuple[float, float], unit_m_s2: float
+) -> tuple[slice, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The rfft bins of an ``n``-sample window inside the band (a slice: frequencies rise),
+    each bin's factor from acceleration to velocity (m/s per unit), and its Parseval weight.
+    Cached (read-only): every window of a shape uses the same."""
+    lo, hi = band_hz
+    freqs = np.fft.rfftfreq(n, d=1.0 / fs)
+    inside = np.flatnonzero((freqs >= lo) & (freqs <= min(hi, fs / 2.0)))
+    bins = slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
+    omega = 2.0 * np.pi * freqs[bins]
+    per_bin = np.asarray(unit_m_s2 / omega, dtype=np.float64)
+    # Parseval for a one-sided spectrum: every kept bin but DC and Nyquist counts twice.
+    weight: npt.NDArray[np.float64] = np.full(omega.shape, 2.0)
+    if n % 2 == 0 and inside.size and inside[-1] == freqs.size - 1:
+        weight[-1] = 1.0
+    per_bin.flags.writeable = False
+    weight.flags.writeable = False
+    return bins, per_bin, weight
 
 
 def zone_of(velocity_mm_s: float, table: ZoneTable) -> Zone:

@@ -41,11 +41,10 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-import scipy.fft as sfft
 
 from faultline.encoders import features as ft
+from faultline.encoders.blocks import WindowBlock, window_blocks
 from faultline.encoders.demodulation import select_bands, squared_envelope_spectra
-from faultline.encoders.dsp import hann_spectra_from_rfft
 from faultline.encoders.geometry import BearingGeometry, bearing_preset
 from faultline.encoders.projection import ProjectionError, ProjectionSet
 from faultline.encoders.signals import Measurement, SpectrumFrame, Window, shape_groups
@@ -80,6 +79,15 @@ _BLOCK_SCALE: dict[str, float] = {
     "comb_lines": 0.22,
     "comb_orders": 0.022,
 }
+
+
+@lru_cache(maxsize=64)
+def _line_orders(geometry: BearingGeometry) -> F64:
+    """Shaft orders of ``geometry``'s characteristic lines (read-only, cached: every batch
+    asks for them, and most assets share a handful of bearings)."""
+    orders = ft.characteristic_orders(geometry)[1]
+    orders.flags.writeable = False
+    return orders
 
 
 @lru_cache(maxsize=4)
@@ -144,6 +152,9 @@ class SpectrumEncoder:
         self._threads = threads
         self._geometry_arg = default_geometry
         self._layout = {view: self._block_layout(view) for view in ("window", "spectrum")}
+        self._n_features: dict[View, int] = {
+            view: len(self.feature_names(view)) for view in ("window", "spectrum")
+        }
         self._weights = {view: self._block_weights(view) for view in ("window", "spectrum")}
         for view in ("window", "spectrum"):
             if projection is not None and projection.n_features(view) != self.n_features(view):
@@ -185,7 +196,7 @@ class SpectrumEncoder:
         return self.n_features(view)
 
     def n_features(self, view: View) -> int:
-        return len(self.feature_names(view))
+        return self._n_features[view]
 
     def with_projection(self, projection: ProjectionSet | None) -> SpectrumEncoder:
         """The same features encoded through ``projection`` (or v1 when None)."""
@@ -224,10 +235,17 @@ class SpectrumEncoder:
         view, feats = self._features(items)
         return self.encode_features(view, feats)
 
-    def encode_with_features(self, items: Sequence[Measurement]) -> tuple[F64, F32]:
+    def encode_with_features(
+        self, items: Sequence[Measurement], *, blocks: Sequence[WindowBlock] | None = None
+    ) -> tuple[F64, F32]:
         """Unweighted features and vectors in one pass: the runtime reads the
-        characteristic lines from the features (:mod:`faultline.fault_library.physics`)."""
-        view, feats = self._features(items)
+        characteristic lines from the features (:mod:`faultline.fault_library.physics`).
+
+        ``blocks``: ``items``' raw windows already stacked and transformed
+        (:func:`~faultline.encoders.blocks.window_blocks` of ``items``), when the caller
+        shares them with the quality gate and the velocity; else they are built here.
+        """
+        view, feats = self._features(items, blocks)
         return feats, self.encode_features(view, feats)
 
     def encode_features(self, view: View, feats: npt.ArrayLike) -> F32:
@@ -259,9 +277,10 @@ class SpectrumEncoder:
         if hit is not None and hit[0] is item:
             return hit[1], source
         if isinstance(item, Window):
-            x = self._prepare_windows([item])
-            mag = hann_spectra_from_rfft(sfft.rfft(x, axis=-1), x.shape[-1])
-            df = float(item.fs) / x.shape[-1]
+            (block,) = window_blocks([item], max_s=self.window_s)
+            self._check_block(block)
+            mag = block.amplitude
+            df = float(item.fs) / block.n
         else:
             mag = np.asarray(item.magnitude, dtype=np.float64)[None, :]
             df = item.fs / item.n_fft
@@ -270,34 +289,55 @@ class SpectrumEncoder:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _features(self, items: Sequence[Measurement]) -> tuple[View, F64]:
+    def _features(
+        self, items: Sequence[Measurement], blocks: Sequence[WindowBlock] | None = None
+    ) -> tuple[View, F64]:
         if not items:
             raise ValueError("encode needs at least one measurement")
         view = self.view_of(items[0])
         if any(self.view_of(item) != view for item in items):
             raise ValueError("all measurements in one encode call must share one view")
         out = np.empty((len(items), self.n_features(view)))
-        for idx in shape_groups(items).values():
-            windows = [w for w in (items[i] for i in idx) if isinstance(w, Window)]
-            frames = [f for f in (items[i] for i in idx) if isinstance(f, SpectrumFrame)]
-            out[idx] = self._window_group(windows) if windows else self._spectrum_group(frames)
+        if view == "window":
+            for block in self._window_blocks(items, blocks):
+                out[list(block.positions)] = self._window_group(block)
+        else:
+            for idx in shape_groups(items).values():
+                frames = [f for f in (items[i] for i in idx) if isinstance(f, SpectrumFrame)]
+                out[idx] = self._spectrum_group(frames)
         if not np.all(np.isfinite(out)):
             raise ValueError("non-finite features; check the measurement values")
         return view, out
 
-    def _prepare_windows(self, items: Sequence[Window]) -> F64:
-        """Stack equal-shaped windows cut to ``window_s``, at their native sample rate."""
-        fs = float(items[0].fs)
-        keep = min(len(items[0].samples), max(1, math.ceil(self.window_s * fs)))
-        x = np.stack([np.asarray(w.samples[:keep], dtype=np.float64) for w in items])
-        if not np.all(np.isfinite(x)):
+    def _window_blocks(
+        self, items: Sequence[Measurement], blocks: Sequence[WindowBlock] | None
+    ) -> list[WindowBlock]:
+        """``items``' windows stacked by shape and cut to ``window_s``, at their native
+        sample rate: the caller's ``blocks`` when given (checked to be ``items``'), else
+        built here."""
+        if blocks is None:
+            return window_blocks(items, max_s=self.window_s)
+        placed = [
+            (i, w) for block in blocks for i, w in zip(block.positions, block.windows, strict=True)
+        ]
+        if sorted(i for i, _ in placed) != list(range(len(items))) or any(
+            items[i] is not w for i, w in placed
+        ):
+            raise ValueError("blocks must be window_blocks(items) of the items encoded")
+        return [block.cut(self.window_s) for block in blocks]
+
+    @staticmethod
+    def _check_block(block: WindowBlock) -> None:
+        """Finite samples, and enough of them to resolve the shaft orders."""
+        # The rfft's 0 Hz bin is each row's sum: finite exactly when no sample is NaN or
+        # infinite (unless the sum overflows, which the full check then settles).
+        if not np.isfinite(block.spectrum[:, 0]).all() and not np.isfinite(block.samples).all():
             raise ValueError("window samples must be finite")
-        if x.shape[-1] < MIN_SAMPLES or x.shape[-1] / fs < MIN_DURATION_S:
+        if block.n < MIN_SAMPLES or block.n / block.fs < MIN_DURATION_S:
             raise ValueError(
-                f"window too short: {x.shape[-1]} samples at {fs:g} Hz, need at least "
+                f"window too short: {block.n} samples at {block.fs:g} Hz, need at least "
                 f"{MIN_SAMPLES} samples and {MIN_DURATION_S:g} s"
             )
-        return x
 
     def _rpms(self, items: Sequence[Measurement], mag: F64, df: float) -> F64:
         """Each item's speed: given, refined within its tolerance, or estimated."""
@@ -334,27 +374,20 @@ class SpectrumEncoder:
                 self._rpm_cache.popitem(last=False)
 
     def _orders(self, items: Sequence[Measurement]) -> F64:
-        cache: dict[BearingGeometry, F64] = {}
-        rows = []
-        for it in items:
-            geometry = it.geometry or self.default_geometry
-            if geometry not in cache:
-                cache[geometry] = ft.characteristic_orders(geometry)[1]
-            rows.append(cache[geometry])
-        return np.stack(rows)
+        return np.stack([_line_orders(it.geometry or self.default_geometry) for it in items])
 
     def profile_windows(self, items: Sequence[Window]) -> dict[str, float]:
         """Seconds each stage of the window view took for ``items`` (one shape): what
         ``bench/encode.py`` prints, measured on the encoder's own sequence."""
-        timings: dict[str, float] = {}
-        self._window_group(items, timings)
+        start = time.perf_counter()
+        (block,) = window_blocks(items, max_s=self.window_s)
+        timings = {"spectrum": time.perf_counter() - start}
+        self._window_group(block, timings)
         return timings
 
-    def _window_group(
-        self, items: Sequence[Window], timings: dict[str, float] | None = None
-    ) -> F64:
-        """Window features of equal-shaped windows; ``timings``, when given, gets each
-        stage's seconds added under its name."""
+    def _window_group(self, block: WindowBlock, timings: dict[str, float] | None = None) -> F64:
+        """Window features of one block (equal-shaped windows cut to ``window_s``);
+        ``timings``, when given, gets each stage's seconds added under its name."""
         clock = [time.perf_counter()]
 
         def lap(stage: str) -> None:
@@ -364,12 +397,11 @@ class SpectrumEncoder:
                 clock[0] = now
 
         p = self.params
-        x = self._prepare_windows(items)
-        n = x.shape[-1]
-        fs = float(items[0].fs)
+        self._check_block(block)
+        items, x, spec, mag = block.windows, block.samples, block.spectrum, block.amplitude
+        n = block.n
+        fs = block.fs
         df = fs / n
-        spec = sfft.rfft(x, axis=-1)
-        mag = hann_spectra_from_rfft(spec, n)
         lap("spectrum")
         shaft = self._rpms(items, mag, df) / 60.0
         orders = self._orders(items)
@@ -378,7 +410,7 @@ class SpectrumEncoder:
         lap("band selection")
         env, env_df = squared_envelope_spectra(spec, n, fs, bands)
         lap("demodulation")
-        stats = ft.time_stats(x)
+        stats = ft.time_stats(x, block.moments)
         feats = np.concatenate(
             [
                 stats[:, :3],

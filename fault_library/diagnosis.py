@@ -22,14 +22,12 @@ Pure apart from the models :func:`diagnose_batch` is handed.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-import numpy as np
-import numpy.typing as npt
-
+from faultline.encoders.blocks import WindowBlock, window_blocks
 from faultline.encoders.quality import Quality, assess
 from faultline.encoders.severity import (
     DEFAULT_MACHINE_CLASS,
@@ -39,7 +37,7 @@ from faultline.encoders.severity import (
     severity_of,
     velocity_rms_mm_s,
 )
-from faultline.encoders.signals import Measurement, Window, shape_groups
+from faultline.encoders.signals import Measurement
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.baseline import Baseline, judge_against_baseline
 from faultline.fault_library.library import FaultLibrary, Neighbour
@@ -155,38 +153,41 @@ def line_reader(
     )
 
 
-def _window_blocks(
-    measurements: Sequence[Measurement],
-) -> Iterator[tuple[float, list[tuple[int, Window]], npt.NDArray[np.float64]]]:
-    """The raw windows grouped by shape: (fs, [(position, window)], stacked samples).
-    Sensor spectra have no samples and are skipped; what is computed per window (quality,
-    velocity) runs once per group, vectorised."""
-    for (fs, _), rows in shape_groups(measurements).items():
-        windows = [(i, m) for i in rows if isinstance(m := measurements[i], Window)]
-        if windows:
-            yield fs, windows, np.stack([np.asarray(w.samples) for _, w in windows])
-
-
-def quality_of(measurements: Sequence[Measurement]) -> list[Quality | None]:
+def quality_of(
+    measurements: Sequence[Measurement], *, blocks: Sequence[WindowBlock] | None = None
+) -> list[Quality | None]:
     """The signal-quality verdict of each raw window (None for sensor spectra, whose
-    samples we never see); windows of one shape are assessed as one batch."""
+    samples we never see); windows of one shape are assessed as one batch.
+
+    ``blocks``: ``window_blocks(measurements)`` when the caller shares them (their rfft
+    is reused); else they are built here."""
     out: list[Quality | None] = [None] * len(measurements)
-    for fs, windows, block in _window_blocks(measurements):
-        for (i, _), q in zip(windows, assess(block, fs), strict=True):
+    for block in window_blocks(measurements) if blocks is None else blocks:
+        qualities = assess(
+            block.samples,
+            block.fs,
+            spectrum=block.spectrum,
+            amplitude=block.amplitude,
+            moments=block.moments,
+        )
+        for i, q in zip(block.positions, qualities, strict=True):
             out[i] = q
     return out
 
 
-def velocities_of(measurements: Sequence[Measurement]) -> list[float | None]:
-    """Velocity RMS (mm/s, 10-1,000 Hz) of each raw window, one FFT per shape group.
+def velocities_of(
+    measurements: Sequence[Measurement], *, blocks: Sequence[WindowBlock] | None = None
+) -> list[float | None]:
+    """Velocity RMS (mm/s, 10-1,000 Hz) of each raw window, from its block's rfft.
 
     The samples' unit comes from ``meta["accel_unit_m_s2"]`` (the runtime sets it from the
-    asset's settings); g when absent. None for sensor spectra.
+    asset's settings); g when absent. None for sensor spectra. ``blocks`` as for
+    :func:`quality_of`.
     """
     out: list[float | None] = [None] * len(measurements)
-    for fs, windows, block in _window_blocks(measurements):
-        per_g = velocity_rms_mm_s(block, fs)
-        for (i, w), v in zip(windows, per_g, strict=True):
+    for block in window_blocks(measurements) if blocks is None else blocks:
+        per_g = velocity_rms_mm_s(block.samples, block.fs, spectrum=block.spectrum)
+        for i, w, v in zip(block.positions, block.windows, per_g, strict=True):
             unit = w.meta.get("accel_unit_m_s2")
             scale = float(unit) / G if isinstance(unit, int | float) else 1.0
             out[i] = float(v) * scale
@@ -225,7 +226,10 @@ def diagnose_batch(
     if not measurements:
         return []
     view = encoder.view_of(measurements[0])
-    features, vectors = encoder.encode_with_features(measurements)
+    # One stack and one rfft per shape group, shared by the features, the quality gate
+    # and the velocity.
+    blocks = window_blocks(measurements)
+    features, vectors = encoder.encode_with_features(measurements, blocks=blocks)
     results = library.search(view, vectors, policy.top_k)
     calibration = library.calibration(view) if policy.calibrated else None
     evidence = (
@@ -233,8 +237,12 @@ def diagnose_batch(
         if policy.line_check
         else None
     )
-    quality = quality_of(measurements) if policy.quality_gate else [None] * len(measurements)
-    velocities = velocities_of(measurements)
+    quality = (
+        quality_of(measurements, blocks=blocks)
+        if policy.quality_gate
+        else [None] * len(measurements)
+    )
+    velocities = velocities_of(measurements, blocks=blocks)
     known = library.labels(view)
     out: list[WindowResult] = []
     for row, (item, vector, neighbours) in enumerate(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
+from faultline.encoders.demodulation import select_bands, squared_envelope_spectra
 from faultline.encoders.dsp import (
     amplitude_spectra,
     envelope_spectra_from_rfft,
@@ -102,6 +103,15 @@ def test_hann_from_rfft_equals_windowed_fft(n: int) -> None:
     )
 
 
+@pytest.mark.parametrize("n", [1000, 1001])
+def test_hann_from_rfft_first_bins_are_the_full_computation(n: int) -> None:
+    spec = sfft.rfft(np.random.default_rng(n).standard_normal((3, n)), axis=-1)
+    full = hann_spectra_from_rfft(spec, n)
+    for bins in (1, 2, 5, spec.shape[-1] - 1, spec.shape[-1], spec.shape[-1] + 3):
+        head = hann_spectra_from_rfft(spec[:, : bins + 1], n, bins=bins)
+        assert np.array_equal(head, full[:, :bins])  # bit-identical: the quality gate relies on it
+
+
 def test_band_above_nyquist_rejected() -> None:
     with pytest.raises(ValueError, match="Nyquist"):
         envelope_spectrum(np.zeros(4000), 4000.0, (2500.0, 3000.0))
@@ -122,3 +132,28 @@ def test_rpm_from_shaft_lines_and_sidebands_despite_mains() -> None:
     rpm = estimate_rpm(amplitude_spectra(x), 1.0)
     assert rpm.shape == (1,)
     assert rpm[0] == pytest.approx(60 * shaft, rel=0.005)
+
+
+def test_demodulation_is_row_independent_and_takes_complex64() -> None:
+    """Band selection and the squared-envelope spectra work in row chunks and in place:
+    a row's result must not depend on its batch, nor on the rfft's precision."""
+    rows = np.stack([impulse_train(rate, 3000.0) for rate in (97.0, 107.0, 141.0)])
+    spec = sfft.rfft(rows, axis=-1)
+    n = rows.shape[-1]
+    defect = np.full(3, 160.0)
+    bands = select_bands(spec, n, FS, defect)
+    env, df = squared_envelope_spectra(spec, n, FS, bands)
+    assert df == FS / n
+    for i in range(3):
+        one = select_bands(spec[i : i + 1], n, FS, defect[i : i + 1])
+        assert one.kurtosis[0] == bands.kurtosis[i]
+        assert one.centre_hz[0] == bands.centre_hz[i]
+        if one.bandwidth_hz[0] == bands.bandwidth_hz.max():  # the same envelope length
+            alone = squared_envelope_spectra(spec[i : i + 1], n, FS, one)[0]
+            assert np.array_equal(alone[0], env[i])
+    low = sfft.rfft(rows.astype(np.float32), axis=-1)  # complex64, as from float32 samples
+    assert np.array_equal(
+        select_bands(low, n, FS, defect).kurtosis,
+        select_bands(low.astype(np.complex128), n, FS, defect).kurtosis,
+    )
+    assert hann_spectra_from_rfft(low, n).dtype == np.float64

@@ -13,6 +13,7 @@ import pytest
 import scipy.fft as sfft
 import scipy.io
 
+from faultline.encoders.dsp import hann_spectra_from_rfft
 from faultline.encoders.quality import (
     CLIP_SHARE,
     QUALITY_CODES,
@@ -108,7 +109,12 @@ def test_batch_matches_row_by_row_and_precomputed_spectrum(fs: float) -> None:
     batch = assess(rows, fs)
     assert [q.code for q in batch] == [expected for _, expected in SIGNALS.values()]
     assert batch == [assess(row, fs)[0] for row in rows]
-    assert assess(rows, fs, spectrum=sfft.rfft(rows, axis=1)) == batch
+    spectrum = sfft.rfft(rows, axis=1)
+    assert assess(rows, fs, spectrum=spectrum) == batch
+    amplitude = hann_spectra_from_rfft(spectrum, rows.shape[1])  # the encoder's raw spectrum
+    assert assess(rows, fs, spectrum=spectrum, amplitude=amplitude) == batch
+    with pytest.raises(ValueError, match="pass both"):
+        assess(rows, fs, amplitude=amplitude)
     assert assess(rows.astype(np.float32), fs) == assess(rows.astype(np.float32).tolist(), fs)
 
 

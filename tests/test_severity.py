@@ -78,3 +78,14 @@ def test_real_windows_carry_severity_from_the_one_decision_home(
         assert first.severity.zone_table.name == "class_I"
     assert min(stages["133"]) >= 2, stages
     assert max(stages["97"]) == 0, stages
+
+
+def test_velocity_from_a_shared_spectrum() -> None:
+    """The diagnosis passes the rfft it already has; the mean (only in the 0 Hz bin) is
+    outside the band either way."""
+    rows = np.stack([np.sin(2 * np.pi * 50 * T) + 0.3, 0.2 * np.sin(2 * np.pi * 310 * T) - 4.0])
+    alone = velocity_rms_mm_s(rows, FS)
+    shared = velocity_rms_mm_s(rows, FS, spectrum=np.fft.rfft(rows, axis=-1))
+    np.testing.assert_allclose(shared, alone, rtol=1e-12)
+    with pytest.raises(ValueError, match="above 0 Hz"):
+        velocity_rms_mm_s(rows, FS, band_hz=(0.0, 1000.0))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from faultline.encoders.blocks import window_blocks
 from faultline.encoders.dsp import magnitude_spectrum, resample_to
 from faultline.encoders.features import FeatureParams
 from faultline.encoders.signals import Window
@@ -128,3 +129,17 @@ def test_rpm_estimated_within_one_percent(encoder: SpectrumEncoder, cwru_dir: Pa
         hits += abs(frame_est / rpm - 1) < 0.01
         total += 1
     assert hits >= 0.9 * total, f"{hits}/{total} within 1 %"
+
+
+def test_shared_blocks_give_the_same_features(encoder: SpectrumEncoder, cwru_dir: Path) -> None:
+    """diagnose_batch hands the encoder the blocks it shares with the quality gate and the
+    velocity: the features must be those the encoder computes on its own, also for a
+    window longer than window_s (the encoder reads its first window_s)."""
+    items = windows(cwru_dir, "12k_drive_end/105.mat", 3) + windows(cwru_dir, "normal/97.mat", 2)
+    rec = read_recording(cwru_dir / "12k_drive_end/130.mat", fs=12000.0)
+    items.append(next(iter_windows(rec, "long", window_s=1.5)))
+    alone, _ = encoder.encode_with_features(items)
+    shared, _ = encoder.encode_with_features(items, blocks=window_blocks(items))
+    assert np.array_equal(alone, shared)
+    with pytest.raises(ValueError, match="window_blocks"):
+        encoder.encode_with_features(items[:2], blocks=window_blocks(items))
