@@ -63,7 +63,8 @@ def configure_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level or "INFO")
+    # --quiet (verbs for scripts): errors only, unless a level is asked for explicitly.
+    configure_logging(args.log_level or ("ERROR" if getattr(args, "quiet", False) else "INFO"))
     try:
         code: int = args.handler(args)
     except ConfigError as exc:  # found after loading, e.g. encoder settings vs shipped model

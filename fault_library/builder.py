@@ -10,6 +10,7 @@ as it was.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +47,7 @@ __all__ = [
     "build_library",
     "check_factory",
     "embed_windows",
+    "show_progress",
 ]
 
 _POSITION = {"DE": "drive-end", "FE": "fan-end", "BA": "base"}
@@ -145,7 +147,7 @@ def build_library(
             factory=factory,
             large_factory=large_factory,
             nprobe=nprobe,
-            progress=_show(progress),
+            progress=show_progress(progress),
             source={
                 "dataset": dataset,
                 "channel": channel,
@@ -224,8 +226,19 @@ def check_factory(factory: str, dim: int = 64, view: str = "") -> None:
         ) from None
 
 
-def _show(progress: bool) -> bool:
-    return progress and sys.stderr.isatty()
+PROGRESS_ENV = "FAULTLINE_PROGRESS"
+"""``1``: draw progress bars even when stderr is not a terminal (a CI log); ``0``: never."""
+
+
+def show_progress(requested: bool = True) -> bool:
+    """Draw progress bars? Only when asked and stderr is a terminal, so an agent's log or a
+    piped command is not filled with redrawn bars; ``FAULTLINE_PROGRESS`` overrides."""
+    if not requested:
+        return False
+    forced = os.environ.get(PROGRESS_ENV, "").strip()
+    if forced in {"0", "1"}:
+        return forced == "1"
+    return sys.stderr.isatty()
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +336,7 @@ def _collect(
 ) -> _Collected:
     out = _Collected({view: [] for view in VIEWS}, [], [])
     next_row = dict.fromkeys(VIEWS, 0)
-    bar = tqdm(entries, desc="encode recordings", unit="rec", disable=not _show(progress))
+    bar = tqdm(entries, desc="encode recordings", unit="rec", disable=not show_progress(progress))
     for entry in bar:
         name = f"{entry.path.name} (record {entry.record_id})"
         try:

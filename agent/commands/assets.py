@@ -26,6 +26,7 @@ from faultline.agent.app import (
     topics_from_settings,
     transport_from_settings,
 )
+from faultline.agent.commands.feedback import Feedback, add_feedback_args
 from faultline.agent.commands.recording_args import (
     add_recording_args,
     geometry_from_args,
@@ -37,6 +38,7 @@ from faultline.agent.transport.payloads import PayloadError, decode_window
 from faultline.encoders.signals import Window
 from faultline.fault_library.builder import LibraryBuildError, SignatureSource
 from faultline.fault_library.library import LibraryError, open_current
+from faultline.fault_library.store import VIEWS
 from faultline.fault_library.updates import DerivedVersion, add_recording, add_windows
 
 
@@ -71,6 +73,7 @@ def add_parser(sub: Any) -> None:
     enroll.add_argument("--config", "-c", default=None, help="YAML configuration file")
     enroll.add_argument("--root", "--library", default=None, help="library root")
     add_recording_args(enroll)
+    add_feedback_args(enroll)
     enroll.set_defaults(handler=run_enroll)
     listing = verbs.add_parser(
         "list",
@@ -91,11 +94,14 @@ def run_enroll(args: argparse.Namespace) -> int:
     settings = settings_or_exit(args.config)
     root = _root(settings, args)
     encoder = encoder_from_settings(settings)
+    feedback = Feedback.from_args(args)
     note = args.note or f"Healthy baseline of asset {args.asset}"
     results: list[DerivedVersion] = []
+    started = time.perf_counter()
     try:
         if args.files:
-            for path in args.files:
+            # One new version per file: each is encoded, then the library is rewritten.
+            for path in feedback.bar(args.files, f"enrol {args.asset}", unit="file"):
                 results.append(
                     add_recording(
                         root,
@@ -112,23 +118,54 @@ def run_enroll(args: argparse.Namespace) -> int:
                         hop_s=args.hop,
                         start_s=args.start,
                         stop_s=args.stop,
+                        progress=feedback.progress,
                     )
                 )
         else:
-            windows = collect_live_windows(settings, args.asset, args.minutes * 60.0)
-            results.append(enroll_windows(root, encoder, args.asset, windows, note, settings))
+            windows = collect_live_windows(
+                settings, args.asset, args.minutes * 60.0, feedback=feedback
+            )
+            feedback.note(f"collected {len(windows)} windows of {args.asset}: enrolling them")
+            results.append(
+                enroll_windows(
+                    root, encoder, args.asset, windows, note, settings, feedback.progress
+                )
+            )
     except (LibraryBuildError, LibraryError) as exc:
         print(f"faultline: {exc}; current version unchanged", file=sys.stderr)
         return 1
     with open_current(root, expected_model_id=encoder.model_id) as library:
         baseline = library.baseline("window", args.asset)
         count = len(baseline.vectors) if baseline else 0
-        print(
-            f"enrolled {args.asset}: {sum(r.added for r in results)} signatures added, "
-            f"{count} baseline windows in library version {library.version}"
+        added = sum(r.added for r in results)
+        payload = {
+            "asset": args.asset,
+            "version": library.version,
+            "added": added,
+            "baseline_windows": count,
+            "threshold": round(baseline.threshold, 4) if baseline else None,
+            "baseline_used": baseline is not None,
+            "source": list(args.files) if args.files else f"live, {args.minutes:g} min",
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        if feedback.human:
+            print(
+                f"enrolled {args.asset} in {payload['seconds']} s: {added} signatures added "
+                f"({added // len(VIEWS)} windows x {len(VIEWS)} views) from "
+                f"{len(results)} source(s)"
+            )
+            if baseline is None:
+                print("  fewer than 3 baseline windows: the baseline is not used yet")
+            else:
+                print(
+                    f"  baseline: {count} windows, similarity threshold "
+                    f"{baseline.threshold:.3f} (closer = normal, further = unknown)"
+                )
+        feedback.result(
+            payload,
+            f"enrolled {args.asset}: {added} signatures added, "
+            f"{count} baseline windows in library version {library.version}",
         )
-        if baseline is None:
-            print("  fewer than 3 baseline windows: the baseline is not used yet")
     return 0
 
 
@@ -139,6 +176,7 @@ def enroll_windows(
     windows: list[Window],
     note: str,
     settings: Settings,
+    progress: bool = False,
 ) -> DerivedVersion:
     """Add live windows as the asset's baseline; their bytes name the source."""
     digest = hashlib.sha256()
@@ -163,11 +201,15 @@ def enroll_windows(
         rpm=rpm,
         window_s=settings.encoder.window_s,
         action={"source": "mqtt", "seconds": len(windows) * settings.encoder.window_s},
+        progress=progress,
     )
 
 
-def collect_live_windows(settings: Settings, asset: str, seconds: float) -> list[Window]:
+def collect_live_windows(
+    settings: Settings, asset: str, seconds: float, *, feedback: Feedback | None = None
+) -> list[Window]:
     """Subscribe to the asset's window topic until ``seconds`` of windows have arrived."""
+    feedback = feedback or Feedback(quiet=True)
     topics = topics_from_settings(settings)
     limits = limits_from_settings(settings)
     inbox: queue.Queue[InboundMessage] = queue.Queue(maxsize=1024)
@@ -184,8 +226,10 @@ def collect_live_windows(settings: Settings, asset: str, seconds: float) -> list
     transport.start()
     windows: list[Window] = []
     deadline = time.monotonic() + seconds * 3 + 30  # sensors may be slower than real time
+    bar = feedback.progress_bar(f"collect {asset}", total=round(seconds, 1), unit="s")
+    collected = 0.0
     try:
-        while sum(len(w.samples) / w.fs for w in windows) < seconds:
+        while collected < seconds:
             if time.monotonic() > deadline:
                 raise LibraryBuildError(
                     f"only {len(windows)} windows arrived on {topic} before giving up"
@@ -201,7 +245,11 @@ def collect_live_windows(settings: Settings, asset: str, seconds: float) -> list
                 continue
             offset = window.ts - windows[0].ts if windows else 0.0
             windows.append(_with_offset(window, offset))
+            length = len(window.samples) / window.fs
+            collected += length
+            bar.update(round(min(length, seconds - collected + length), 3))
     finally:
+        bar.close()
         transport.stop()
     return windows
 

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from faultline.agent.app import (
@@ -23,6 +24,7 @@ from faultline.agent.app import (
     topics_from_settings,
     transport_from_settings,
 )
+from faultline.agent.commands.feedback import Feedback, add_feedback_args
 from faultline.agent.commands.run import settings_or_exit
 from faultline.agent.library_setup import load_or_build_library
 from faultline.agent.settings import Settings
@@ -68,6 +70,7 @@ def add_parser(sub: Any) -> None:
         default="auto",
         help="which embedded broker to start when one is needed (auto: mosquitto if installed)",
     )
+    add_feedback_args(parser)
     parser.set_defaults(handler=run)
 
 
@@ -77,16 +80,16 @@ def _with_broker(settings: Settings, host: str, port: int, protocol: str) -> Set
 
 
 def _choose_broker(
-    settings: Settings, mode: str, embedded: str
+    settings: Settings, mode: str, embedded: str, feedback: Feedback
 ) -> tuple[Settings, EmbeddedBroker | None]:
     host, port = settings.mqtt.host, settings.mqtt.port
     if mode != "embedded" and broker_reachable(host, port):
-        print(f"using the configured broker at {host}:{port}")
+        feedback.say(f"using the configured broker at {host}:{port}")
         return settings, None
     if mode == "configured":
         raise SystemExit(f"faultline: no MQTT broker answers at {host}:{port}")
     broker = start_embedded_broker(prefer=embedded)  # type: ignore[arg-type]
-    print(
+    feedback.say(
         f"no broker at {host}:{port}: started an embedded {broker.kind} on "
         f"{broker.host}:{broker.port} (MQTT {broker.protocol})"
     )
@@ -94,9 +97,11 @@ def _choose_broker(
 
 
 class AlertPrinter:
-    """Prints alerts and rejections the way an operator's dashboard would show them."""
+    """Prints alerts and rejections the way an operator's dashboard would show them
+    (through ``say``: nothing with --quiet, stderr beside --json)."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: Callable[[str], None] = print) -> None:
+        self.say = say
         self.labels: dict[str, Counter[str]] = defaultdict(Counter)
         self.latencies: list[float] = []
         self.errors = 0
@@ -111,12 +116,12 @@ class AlertPrinter:
         with self._lock:
             if body.get("schema", "").startswith("faultline.error"):
                 self.errors += 1
-                print(f"  ERROR  {body.get('topic')}: {body.get('code')}: {body.get('reason')}")
+                self.say(f"  ERROR  {body.get('topic')}: {body.get('code')}: {body.get('reason')}")
                 return
             if body.get("schema", "").startswith("faultline.report"):
                 self.reports += 1
                 severity = body.get("severity") or {}
-                print(
+                self.say(
                     f"  REPORT {body['asset']:<12} ({body['trigger']}, {body['generated_by']}"
                     + (f", {body['fallback']}" if body.get("fallback") else "")
                     + f") zone {severity.get('zone', '-')}, damage stage "
@@ -129,12 +134,37 @@ class AlertPrinter:
             self.labels[asset][body["label"]] += 1
             self.latencies.append(float(body["latency_ms"]))
             top = body["neighbours"][0] if body["neighbours"] else {}
-            print(
+            self.say(
                 f"  #{body['seq']:<5} {asset:<12} {body['label']:<11} "
                 f"conf {body['confidence']:.2f}  nearest {top.get('label', '-'):<10} "
                 f"{top.get('score', 0):.3f}  {body['latency_ms']:6.1f} ms"
                 + (f"  [{body['evidence']}]" if body.get("evidence") else "")
             )
+
+    def latency_ms(self) -> dict[str, float]:
+        if not self.latencies:
+            return {}
+        ordered = sorted(self.latencies)
+        return {
+            "p50": round(ordered[len(ordered) // 2], 2),
+            "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "alerts": {asset: dict(c.most_common()) for asset, c in sorted(self.labels.items())},
+            "latency_ms": self.latency_ms(),
+            "rejections": self.errors,
+            "reports": self.reports,
+        }
+
+    def line(self) -> str:
+        """``--quiet``'s one line: each asset's most frequent label."""
+        top = ", ".join(
+            f"{asset} {c.most_common(1)[0][0]}" for asset, c in sorted(self.labels.items())
+        )
+        total = sum(sum(c.values()) for c in self.labels.values())
+        return f"demo: {total} alerts; {top or 'none'}; {self.errors} rejections"
 
     def summary(self) -> str:
         lines = ["", "summary (asset: alerts by label):"]
@@ -152,17 +182,20 @@ class AlertPrinter:
 
 
 def run(args: argparse.Namespace) -> int:
+    feedback = Feedback.from_args(args)
     settings = settings_or_exit(args.config)
     encoder = encoder_from_settings(settings)
-    library = load_or_build_library(default_library_root(settings), encoder)
+    library = load_or_build_library(
+        default_library_root(settings), encoder, progress=not feedback.quiet
+    )
     counts = {view: v["count"] for view, v in library.info()["views"].items()}
-    print(f"fault library {library.version}: signatures per view {counts}")
-    settings, broker = _choose_broker(settings, args.broker, args.embedded)
+    feedback.say(f"fault library {library.version}: signatures per view {counts}")
+    settings, broker = _choose_broker(settings, args.broker, args.embedded, feedback)
     stop = threading.Event()
     install_stop_signals(stop)
     agent = Agent(settings, library, encoder)
     topics = topics_from_settings(settings)
-    printer = AlertPrinter()
+    printer = AlertPrinter(feedback.say)
     viewer = transport_from_settings(
         settings,
         client_id=f"{agent.client_id}-viewer",
@@ -182,7 +215,9 @@ def run(args: argparse.Namespace) -> int:
         for s in DEMO_STREAMS
     ]
     for s in DEMO_STREAMS:
-        print(f"  asset {s.asset:<12} replays record {s.record_id} ({CONDITION.get(s.record_id)})")
+        feedback.say(
+            f"  asset {s.asset:<12} replays record {s.record_id} ({CONDITION.get(s.record_id)})"
+        )
     sim_transport = transport_from_settings(
         settings,
         client_id=f"{agent.client_id}-sim",
@@ -205,13 +240,21 @@ def run(args: argparse.Namespace) -> int:
         sim_transport.start()
         for transport in (agent.transport, viewer, sim_transport):
             transport.wait_connected(10.0)
-        print("streaming; Ctrl-C to stop\n")
+        feedback.say("streaming; Ctrl-C to stop\n")
         sim_thread = threading.Thread(target=simulator.run, args=(stop,), daemon=True)
         sim_thread.start()
-        deadline = time.monotonic() + args.duration if args.duration else None
-        while not stop.wait(0.2):
-            if deadline is not None and time.monotonic() >= deadline:
-                stop.set()
+        started = time.monotonic()
+        deadline = started + args.duration if args.duration else None
+        # The bar counts the run's seconds (of --duration, when given) on stderr.
+        with feedback.progress_bar("demo", total=args.duration, unit="s") as bar:
+            while not stop.wait(0.2):
+                now = time.monotonic()
+                bar.n = round(now - started, 1)
+                alerts = sum(sum(c.values()) for c in printer.labels.values())
+                bar.set_postfix_str(f"{alerts} alerts", refresh=False)
+                bar.refresh()
+                if deadline is not None and now >= deadline:
+                    stop.set()
         sim_thread.join(timeout=5)
         time.sleep(0.5)  # let the last alerts arrive
     finally:
@@ -221,5 +264,7 @@ def run(args: argparse.Namespace) -> int:
         viewer.stop()
         if broker is not None:
             broker.stop()
-    print(printer.summary())
+    if feedback.human:
+        print(printer.summary())
+    feedback.result(printer.as_json(), "" if feedback.human else printer.line())
     return 0

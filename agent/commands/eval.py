@@ -8,15 +8,19 @@ splits is :mod:`faultline.agent.commands.eval_runs`, splits and metrics are
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.contrib import DummyTqdmFile
 
 from faultline.agent.commands.eval_runs import (
     ENVELOPE_PREFIXES,
@@ -26,10 +30,13 @@ from faultline.agent.commands.eval_runs import (
     Config,
     Dataset,
     Embedder,
+    folds_of,
     load_dataset,
+    manifest_size,
     run_split,
     run_transfer,
 )
+from faultline.agent.commands.feedback import Feedback, json_default
 from faultline.fault_library.recordings import RecordingError
 from faultline.fault_library.verdict import UNKNOWN
 
@@ -55,7 +62,8 @@ def add_parser(sub: Any) -> None:
             "Leakage-safe evaluation: leave-one-fault-size-out, leave-one-load-out, "
             "cross-rate (with resampled copies) and held-out class. Prints per-class "
             "recall, balanced accuracy, confusion, unknown rate, reliability and the misses "
-            "per recording; --json writes everything."
+            "per recording, then a one-screen summary; --json prints everything as one JSON "
+            "object (--json FILE writes it to FILE). Progress goes to stderr."
         ),
     )
     parser.add_argument(
@@ -83,7 +91,22 @@ def add_parser(sub: Any) -> None:
         default="FE,BA",
         help="channels tested by the 'sensor' split against a DE library (default FE,BA)",
     )
-    parser.add_argument("--json", dest="json_out", type=Path, default=None, help="write JSON")
+    parser.add_argument(
+        "--json",
+        dest="json_out",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="print one JSON object on stdout instead of the text report, or with FILE write "
+        "it there (give DATA_DIR before --json, or it is taken for FILE)",
+    )
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="for scripts: no progress, no report, only errors and one result line",
+    )
     parser.add_argument(
         "--projection",
         choices=("trained", "none"),
@@ -232,16 +255,49 @@ def print_split_summary(split: str, out: dict[str, Any]) -> None:
 # --- entry ------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _report_stream(feedback: Feedback) -> Iterator[None]:
+    """The text report's prints: to stdout through tqdm (a bar on stderr stays whole), or
+    nowhere with --quiet or a JSON object on stdout."""
+    sink: Any = DummyTqdmFile(sys.stdout) if feedback.human else io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        yield
+
+
 def run(args: argparse.Namespace) -> int:
-    data_dir = args.data_dir or default_data_dir()
-    started = time.perf_counter()
+    to_stdout = args.json_out == "-"
+    feedback = Feedback(quiet=args.quiet, json=to_stdout)
     try:
-        data = load_dataset(
-            data_dir, window_s=args.window, hop_s=args.hop, estimate_rpm=args.estimate_rpm
-        )
+        with _report_stream(feedback):
+            report = evaluate(args, feedback)
     except (RecordingError, OSError) as exc:
         print(f"faultline: {exc}", file=sys.stderr)
         return 2
+    if feedback.human:
+        print_summary(report)
+    if args.json_out and not to_stdout:
+        Path(args.json_out).write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+        if not args.quiet:
+            print(f"wrote {args.json_out}")
+    if to_stdout:
+        sys.stdout.write(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    elif args.quiet:
+        print(summary_line(report))
+    return 0
+
+
+def evaluate(args: argparse.Namespace, feedback: Feedback) -> dict[str, Any]:
+    """Every split asked for; the report (printing along the way to the current stdout)."""
+    data_dir = args.data_dir or default_data_dir()
+    started = time.perf_counter()
+    with feedback.progress_bar("read recordings", total=manifest_size(data_dir), unit="rec") as bar:
+        data = load_dataset(
+            data_dir,
+            window_s=args.window,
+            hop_s=args.hop,
+            estimate_rpm=args.estimate_rpm,
+            tick=bar.update,
+        )
     drop = ENVELOPE_PREFIXES if args.no_envelope else ()
     config = Config(
         args.view, args.projection, drop, lines=not args.no_lines, lines_shift_db=args.lines_shift
@@ -252,6 +308,10 @@ def run(args: argparse.Namespace) -> int:
         f"{'no calibration' if args.no_calibration else f'novelty quantile {args.quantile:g}'}"
     )
     splits = SPLITS if args.split == "all" else (args.split,)
+    with feedback.progress_bar(
+        f"encode {config.view}s", total=len(data.windows), unit="window"
+    ) as bar:
+        data.features(config.view, tick=bar.update)
     embedder = Embedder(data, config)
     report: dict[str, Any] = {
         "data_dir": str(data_dir),
@@ -275,31 +335,72 @@ def run(args: argparse.Namespace) -> int:
     for split in splits:
         if split in TRANSFER_SPLITS:
             continue
-        report["splits"][split] = run_split(split, data, embedder, args, on_fold=print_fold)
+        with feedback.progress_bar(split, total=len(folds_of(split, data)), unit="fold") as bar:
+            report["splits"][split] = run_split(
+                split, data, embedder, args, on_fold=_counted(print_fold, bar)
+            )
         print_split_summary(split, report["splits"][split])
     for split in TRANSFER_SPLITS if args.split == "all" else splits:
         if split not in TRANSFER_SPLITS:
             continue
-        try:
-            tests = transfer_tests(split, data_dir, args)
-        except (RecordingError, OSError) as exc:
-            print(f"faultline: {exc}", file=sys.stderr)
-            return 2
+        tests = transfer_tests(split, data_dir, args)
         if not tests:
             print(f"\n== {split}: skipped (no data: see --machine)")
+            report.setdefault("skipped", []).append(split)
             continue
-        data.features(config.view)
-        report["splits"][split] = run_transfer(data, tests, config, args, on_fold=print_fold)
+        with feedback.progress_bar(split, total=len(tests), unit="fold") as bar:
+            report["splits"][split] = run_transfer(
+                data, tests, config, args, on_fold=_counted(print_fold, bar)
+            )
         print_split_summary(split, report["splits"][split])
     if args.ablation:
         report["ablation"] = ablation(data, args, {config: embedder})
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["projection_training_seconds"] = round(embedder.train_seconds, 1)
-    print(f"\ndone in {report['seconds']} s (projection training {embedder.train_seconds:.0f} s)")
-    if args.json_out:
-        args.json_out.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
-        print(f"wrote {args.json_out}")
-    return 0
+    return report
+
+
+def _counted(show: Callable[[dict[str, Any]], None], bar: Any) -> Callable[[dict[str, Any]], None]:
+    def on_fold(summary: dict[str, Any]) -> None:
+        show(summary)
+        bar.update(1)
+
+    return on_fold
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """The one screen to read after a long run: each split's headline figures."""
+    print(f"\n{'=' * 78}\nsummary: {report['config']['name']} on {report['data_dir']}")
+    print(f"  {'split':<16} {'folds':>5} {'mean BA':>8} {'min BA':>8} {'unknown':>8} {'ECE':>6}")
+    for split, out in report["splits"].items():
+        s = out["summary"]
+        if "mean_balanced_accuracy" in s:
+            print(
+                f"  {split:<16} {len(out['folds']):>5} {s['mean_balanced_accuracy']:>8.3f} "
+                f"{s['min_balanced_accuracy']:>8.3f} {s['unknown_rate']:>8.1%} "
+                f"{s['reliability']['ece']:>6.3f}"
+            )
+        if "unknown_share" in s:
+            shares = ", ".join(f"{SHORT.get(c, c)} {v:.0%}" for c, v in s["unknown_share"].items())
+            print(
+                f"  {split:<16} {len(out['folds']):>5}  held-out class answered unknown: {shares}"
+            )
+    for split in report.get("skipped", []):
+        print(f"  {split:<16} skipped (no data)")
+    print(
+        f"done in {report['seconds']} s "
+        f"(projection training {report['projection_training_seconds']:.0f} s)"
+    )
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """``--quiet``'s one line: each split's mean balanced accuracy and the time taken."""
+    parts = [
+        f"{split} {out['summary']['mean_balanced_accuracy']:.3f}"
+        for split, out in report["splits"].items()
+        if "mean_balanced_accuracy" in out["summary"]
+    ]
+    return f"eval: {', '.join(parts) or 'no balanced accuracy'} ({report['seconds']} s)"
 
 
 def transfer_tests(
@@ -376,8 +477,6 @@ def ablation(
 
 
 def _jsonable(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, float) and math.isnan(value):
         return None
-    return str(value)
+    return json_default(value)

@@ -98,9 +98,10 @@ class Dataset:
             self._baseline = out
         return names, self._baseline
 
-    def features(self, view: View) -> F32:
+    def features(self, view: View, tick: Callable[[int], object] | None = None) -> F32:
+        """Every window's features in ``view`` (computed once; ``tick`` counts windows)."""
         if view not in self._features:
-            self._features[view] = encode_features(self.encoder, self.windows, view)
+            self._features[view] = encode_features(self.encoder, self.windows, view, tick)
         return self._features[view]
 
     def copy_features(self, record: str, fs: float, view: View) -> F32:
@@ -118,11 +119,21 @@ class Dataset:
         return self._copies[key]
 
 
-def encode_features(encoder: SpectrumEncoder, windows: Sequence[Window], view: View) -> F32:
+def encode_features(
+    encoder: SpectrumEncoder,
+    windows: Sequence[Window],
+    view: View,
+    tick: Callable[[int], object] | None = None,
+) -> F32:
     items: list[Measurement] = (
         list(windows) if view == "window" else [magnitude_spectrum(w) for w in windows]
     )
-    return np.concatenate([encoder.features(items[i : i + 256]) for i in range(0, len(items), 256)])
+    parts = []
+    for start in range(0, len(items), 256):
+        parts.append(encoder.features(items[start : start + 256]))
+        if tick is not None:
+            tick(len(parts[-1]))
+    return np.concatenate(parts)
 
 
 def load_dataset(
@@ -133,6 +144,7 @@ def load_dataset(
     estimate_rpm: bool = False,
     channel: str = "DE",
     bearing: str | None = None,
+    tick: Callable[[int], object] | None = None,
 ) -> Dataset:
     """Every recording of ``data_dir`` cut into windows: the one dataset loader of
     ``faultline eval`` (and of the tests that evaluate).
@@ -143,7 +155,8 @@ def load_dataset(
     skipped); windows of a channel other than DE are tagged ``<record>@<channel>`` so a
     split can tell the sensor positions apart. ``bearing``: the preset of manifests
     without a bearing column. A nominal speed (``rpm_nominal``) is refined from each
-    window's spectrum within the manifest's tolerance.
+    window's spectrum within the manifest's tolerance. ``tick(1)`` after each recording
+    (progress; :func:`manifest_size` is the total).
     """
     entries = read_manifest(data_dir, bearing=bearing)
     info: list[ev.WindowInfo] = []
@@ -201,9 +214,16 @@ def load_dataset(
                         group=group,
                     )
                 )
+        if tick is not None:
+            tick(1)
     rates = [w.fs for w in info if w.label != "normal"]
     base_fs = max(set(rates), key=rates.count) if rates else 12000.0
     return Dataset(info, windows, recordings, SpectrumEncoder(projection=None), base_fs, hop_s)
+
+
+def manifest_size(data_dir: Path) -> int:
+    """How many recordings :func:`load_dataset` will read (at most)."""
+    return len(read_manifest(data_dir))
 
 
 def merged(library: Dataset, test: Dataset) -> tuple[Dataset, npt.NDArray[np.int64]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,22 @@ def add_parser(sub: Any) -> None:
         default=MAX_AGE_S,
         help=f"seconds after which an unchanged file means a hung agent (default {MAX_AGE_S:g})",
     )
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"healthy": ..., "reason": ..., "file": ...} (the exit code is the same)',
+    )
+    out.add_argument("--quiet", "-q", action="store_true", help="print nothing: the exit code")
     parser.set_defaults(handler=health)
 
 
 def health(args: argparse.Namespace) -> int:
     path = Path(args.file) if args.file else locate(args.config)
     verdict = judge(path, max_age_s=args.max_age)
-    print(verdict.reason)
+    if args.json:
+        body = {"healthy": verdict.healthy, "reason": verdict.reason, "file": str(path)}
+        print(json.dumps(body))
+    elif not args.quiet:
+        print(verdict.reason)
     return 0 if verdict.healthy else 1

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from faultline.agent.app import default_library_root, encoder_from_settings
+from faultline.agent.commands.feedback import Feedback, add_feedback_args
 from faultline.agent.commands.library_report import (
     neighbour_report,
     print_info,
@@ -158,6 +160,7 @@ def _add_build(verbs: Any) -> None:
         help="data set name cited in every signature's provenance (default CWRU)",
     )
     _signing_arg(p)
+    add_feedback_args(p)
 
 
 def _add_add(verbs: Any) -> None:
@@ -186,6 +189,7 @@ def _add_add(verbs: Any) -> None:
     p.add_argument("--stop", type=float, default=None, help="last second to use (default: end)")
     add_recording_args(p)
     _signing_arg(p)
+    add_feedback_args(p)
 
 
 def _add_info(verbs: Any) -> None:
@@ -215,6 +219,7 @@ def _add_verify(verbs: Any) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--version", default=None, help="version to check (default: current)")
     which.add_argument("--all", action="store_true", help="check every published version")
+    add_feedback_args(p)
 
 
 def _add_search(verbs: Any) -> None:
@@ -285,6 +290,8 @@ def _build(args: argparse.Namespace) -> int:
     except SignatureError as exc:
         return _fail(str(exc), 2)
     encoder = encoder_from_settings(settings)
+    feedback = Feedback.from_args(args)
+    started = time.perf_counter()
     try:
         build_library(
             entries,
@@ -299,17 +306,38 @@ def _build(args: argparse.Namespace) -> int:
             nprobe=args.nprobe,
             shards=args.shards,
             signer=signer,
+            progress=not feedback.quiet,
         )
     except (LibraryBuildError, LibraryError) as exc:
         return _fail(f"{exc}; current version unchanged")
+    seconds = round(time.perf_counter() - started, 1)
     try:
         with open_current(root, expected_model_id=encoder.model_id) as lib:
             signed = f", signed by key {signer.key_id}" if signer else ", unsigned"
-            print(f"built library version {lib.version} from {source}{signed}")
-            print_info(lib, root, encoder.model_id)
+            count = sum(int(v["count"]) for v in lib.info()["views"].values())
+            line = f"built library version {lib.version} from {source}{signed} in {seconds} s"
+            if feedback.human:
+                print(line)
+                print_info(lib, root, encoder.model_id)
+            payload = {
+                **_info_json(lib, root, encoder.model_id),
+                "built_from": str(source),
+                "signed_by": signer.key_id if signer else None,
+                "seconds": seconds,
+            }
+            feedback.result(payload, "" if feedback.human else f"{lib.version} {count} signatures")
     except LibraryError as exc:  # published and verified a moment ago: the disk is failing
         return _fail(f"built, but the new current version cannot be reopened: {exc}")
     return 0
+
+
+def _info_json(lib: FaultLibrary, root: Path, model_id: str) -> dict[str, Any]:
+    """``library info --json``: the version's manifest summary, where it is, what it checked."""
+    info = lib.info()
+    info["root"] = str(root)
+    info["encoder_matches"] = lib.model_id == model_id
+    info["verified"] = {"files": lib.verified.files, "bytes": lib.verified.bytes}
+    return info
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -323,7 +351,9 @@ def _add(args: argparse.Namespace) -> int:
     except SignatureError as exc:
         return _fail(str(exc), 2)
     encoder = encoder_from_settings(settings)
+    feedback = Feedback.from_args(args)
     try:
+        feedback.note(f"adding {args.recording} as {label}: encoding, then a new version")
         result = add_recording(
             root,
             args.recording,
@@ -343,13 +373,26 @@ def _add(args: argparse.Namespace) -> int:
             start_s=args.start,
             stop_s=args.stop,
             signer=signer,
+            progress=feedback.progress,
         )
     except (LibraryBuildError, LibraryError) as exc:
         return _fail(f"{exc}; current version unchanged")
-    print(
+    payload = {
+        "version": result.path.name,
+        "parent": result.parent,
+        "recording": str(args.recording),
+        "label": label,
+        "asset": args.asset,
+        "added": result.added,
+        "windows": result.added // len(VIEWS),
+        "total": result.total,
+        "shards": list(result.shards),
+    }
+    feedback.result(
+        payload,
         f"added {result.added} signatures ({result.added // len(VIEWS)} windows x "
         f"{len(VIEWS)} views) of {args.recording} as {label}: version {result.path.name} "
-        f"(was {result.parent}), {result.total} signatures in {len(result.shards)} shard(s)"
+        f"(was {result.parent}), {result.total} signatures in {len(result.shards)} shard(s)",
     )
     return 0
 
@@ -379,11 +422,7 @@ def _info(args: argparse.Namespace) -> int:
     try:
         with open_current(root) as lib:
             if args.json:
-                info = lib.info()
-                info["root"] = str(root)
-                info["encoder_matches"] = lib.model_id == model_id
-                info["verified"] = {"files": lib.verified.files, "bytes": lib.verified.bytes}
-                print(json.dumps(info, indent=2, default=str))
+                print(json.dumps(_info_json(lib, root, model_id), indent=2, default=str))
             else:
                 print_info(lib, root, model_id)
     except LibraryError as exc:
@@ -406,8 +445,9 @@ def _verify(args: argparse.Namespace) -> int:
         names = [name]
     if not names:
         return _fail(f"{root}: no published library versions")
-    bad = 0
-    for name in names:
+    feedback = Feedback.from_args(args)
+    rows: list[dict[str, Any]] = []
+    for name in feedback.bar(names, "verify", unit="version"):
         try:
             with FaultLibrary.open(version_dir(root, name), trust=trust) as lib:
                 signed = (
@@ -415,13 +455,30 @@ def _verify(args: argparse.Namespace) -> int:
                     if lib.signed_by
                     else ("; unsigned" if trust is not None else "")
                 )
-                print(
-                    f"ok: version {name}: {lib.verified.files} files, {lib.verified.bytes:,} "
-                    f"bytes match the manifest; {len(lib.shards)} shard(s) load{signed}"
+                rows.append(
+                    {
+                        "version": name,
+                        "ok": True,
+                        "files": lib.verified.files,
+                        "bytes": lib.verified.bytes,
+                        "shards": len(lib.shards),
+                        "signed_by": lib.signed_by,
+                    }
                 )
+                if feedback.human:
+                    feedback.say(
+                        f"ok: version {name}: {lib.verified.files} files, "
+                        f"{lib.verified.bytes:,} bytes match the manifest; "
+                        f"{len(lib.shards)} shard(s) load{signed}"
+                    )
         except LibraryError as exc:
-            bad += 1
+            rows.append({"version": name, "ok": False, "error": str(exc)})
             print(f"faultline: version {name} FAILED verification: {exc}", file=sys.stderr)
+    bad = sum(not r["ok"] for r in rows)
+    feedback.result(
+        {"root": str(root), "ok": not bad, "versions": rows},
+        "" if feedback.quiet else f"{len(rows) - bad} of {len(rows)} version(s) verified",
+    )
     return 1 if bad else 0
 
 
