@@ -485,6 +485,21 @@ def load_windows(cwru: Path, n: int) -> list[Window]:
     return [pool[i % len(pool)] for i in range(n)]
 
 
+MAX_SAMPLES = 480_000  # limits.max_samples by default
+MAX_FS = 200_000.0  # limits.max_fs by default
+
+
+def largest_windows(windows: list[Window]) -> list[Window]:
+    """The largest windows the default limits accept: 480,000 samples at 200 kHz (2.4 s),
+    made by repeating real CWRU windows; for the memory soak (issue 14), whose subject is
+    what the agent holds, not what it concludes."""
+    out = []
+    for window in windows:
+        samples = np.resize(window.samples, MAX_SAMPLES).astype(np.float32)
+        out.append(replace(window, samples=samples, fs=MAX_FS, rpm=None))
+    return out
+
+
 def add_window_args(parser: argparse.ArgumentParser, *, windows: int, fmt: str) -> None:
     """--windows, --format and --cwru, which every agent bench takes (defaults per bench)."""
     parser.add_argument("--windows", type=int, default=windows, help="measured windows")
@@ -670,6 +685,11 @@ def main() -> None:
     parser.add_argument("--outstanding", type=int, nargs="+", default=[16, 256])
     parser.add_argument("--paced-fraction", type=float, default=0.5)
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of soak instead")
+    parser.add_argument(
+        "--largest",
+        action="store_true",
+        help="windows of 480,000 samples at 200 kHz, no rpm (the memory worst case)",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--echo", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -679,6 +699,8 @@ def main() -> None:
         return
 
     windows = load_windows(cwru_dir(args.cwru), args.windows)
+    if args.largest:
+        windows = largest_windows(windows[:200])
     size = int(np.mean([len(encode_for_wire(w, args.format)) for w in windows[:50]]))
     print(
         f"payload: {args.format}, {size:,} bytes mean; {len(windows)} one-second windows per "

@@ -68,6 +68,8 @@ def _fingerprint(item: Measurement) -> tuple[object, ...]:
     """What tells two measurements apart, without their samples."""
     size = len(item.samples) if isinstance(item, Window) else int(item.n_fft)
     return (item.asset, item.ts, item.fs, item.rpm, item.rpm_tolerance, size)
+
+
 _BPFI_COLUMN = ft.characteristic_orders(bearing_preset("6205"))[0].index("bpfi_1")
 """Where BPFI (1x) sits among the characteristic orders: the same for every geometry."""
 
