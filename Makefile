@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := agent encoders fault_library config models
 TYPECHECK_ROOT := .typecheck
 
-.PHONY: balena-tools node-red chromium prometheus demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
+.PHONY: grafana-schema balena-tools node-red chromium prometheus demo test check lint typecheck bench bench-hot bench-soak bench-outbox mosquitto clean
 
 # scripts/install.sh makes the venv and installs the project (llama.cpp's portable build
 # flags and the default GGUF package live there); the balena image runs the same script.
@@ -64,7 +64,17 @@ $(NODE_RED)/node_modules/node-red/package.json:
 
 node-red: $(NODE_RED)/node_modules/node-red/package.json
 
-test: $(STAMP) mosquitto chromium prometheus balena-tools node-red check
+# Grafana's own dashboard schema (the TypeScript types @grafana/schema generates from its
+# CUE) and the TypeScript compiler that checks docs/examples/grafana-dashboard.json against it.
+GRAFANA_SCHEMA := $(BALENA_TOOLS)/grafana
+$(GRAFANA_SCHEMA)/node_modules/@grafana/schema/package.json:
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	npm install --prefix $(GRAFANA_SCHEMA) --no-audit --no-fund --silent \
+	  typescript@5.9.3 @grafana/schema@13.2.3
+
+grafana-schema: $(GRAFANA_SCHEMA)/node_modules/@grafana/schema/package.json
+
+test: $(STAMP) mosquitto chromium prometheus balena-tools node-red grafana-schema check
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

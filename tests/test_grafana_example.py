@@ -1,8 +1,9 @@
-"""The Grafana dashboard example (issue 15, item 4), checked three ways: its structure as
-Grafana reads it (no Grafana or schema file can be had here: neither Debian nor PyPI
-carries a Grafana server, and its dashboard schema is published as CUE in its source);
-every metric its queries name is one a running agent serves (scraped); and every query is
-parsed and evaluated by a real Prometheus (Debian's) scraping that agent."""
+"""The Grafana dashboard example (issue 15, item 4), checked four ways: against Grafana's
+own dashboard schema (the TypeScript types npm @grafana/schema generates from its CUE,
+compiled with tsc: no Grafana server can be had here, neither Debian nor PyPI carries one);
+its structure as Grafana reads it; every metric its queries name is one a running agent
+serves (scraped); and every query is parsed and evaluated by a real Prometheus (Debian's)
+scraping that agent."""
 
 from __future__ import annotations
 
@@ -25,7 +26,56 @@ from faultline.fault_library.library import FaultLibrary
 from tests.collector import Collector, sensor_client
 from tests.harness import agent_settings, publish_windows, record_windows, start_agent
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "examples" / "grafana-dashboard.json"
+REPO = Path(__file__).resolve().parents[1]
+DASHBOARD = REPO / "docs" / "examples" / "grafana-dashboard.json"
+GRAFANA_TOOLS = REPO / ".tools" / "grafana" / "node_modules"
+# Export-for-sharing metadata Grafana reads at import and strips: not part of the model.
+IMPORT_ENVELOPE = ("__inputs", "__requires", "__elements")
+# JSON carries an enum's value where the types declare a (nominal) TypeScript enum.
+SCHEMA_CHECK = """import type {{ Dashboard }} from "{types}";
+type Json<T> = T extends string ? `${{T}}` : T extends (infer U)[] ? Json<U>[]
+  : T extends object ? {{ [K in keyof T]: Json<T[K]> }} : T;
+export const dashboard: Json<Dashboard> = {body};
+"""
+
+
+def _schema_errors(body: dict[str, Any], workdir: Path) -> str:
+    """tsc's complaints about ``body`` typed as Grafana's ``Dashboard`` ("" when none)."""
+    types = GRAFANA_TOOLS / "@grafana/schema/dist/types/raw/dashboard/x/types.gen"
+    source = workdir / "dashboard.ts"
+    source.write_text(SCHEMA_CHECK.format(types=types, body=json.dumps(body, indent=1)))
+    done = subprocess.run(
+        [
+            str(GRAFANA_TOOLS / ".bin" / "tsc"),
+            "--noEmit",
+            "--strict",
+            "--target",
+            "es2020",
+            "--moduleResolution",
+            "node",
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    return "" if done.returncode == 0 else done.stdout + done.stderr
+
+
+def test_the_dashboard_conforms_to_grafanas_own_schema(tmp_path: Path) -> None:
+    body = json.loads(DASHBOARD.read_text())
+    for key in IMPORT_ENVELOPE:
+        body.pop(key, None)
+    assert _schema_errors(body, tmp_path) == ""
+    # The check can fail: a wrong type and an unknown field are both caught.
+    body["panels"][0]["gridPos"]["w"] = "wide"
+    body["templating"]["list"][0]["definition"] = "x"
+    errors = _schema_errors(body, tmp_path)
+    assert "not assignable to type 'number'" in errors
+    assert "'\"definition\"' does not exist" in errors
+
+
 SUFFIXES = {
     "counter": ("_total",),
     "histogram": ("_bucket", "_sum", "_count"),
