@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from faultline.agent.app import Agent
 from faultline.agent.settings import Settings, load_settings
@@ -23,6 +24,19 @@ from faultline.fault_library.catalog import ManifestEntry, read_manifest
 from faultline.fault_library.library import FaultLibrary, open_current
 from faultline.fault_library.recordings import iter_windows, read_recording
 from tests.collector import sensor_client
+
+
+def wait_until(predicate: Any, timeout: float, what: str, *, every: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned), or fail naming
+    ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
 
 
 def run_cli(

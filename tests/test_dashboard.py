@@ -4,7 +4,6 @@ in a real headless Chromium fed by a running agent through a real Mosquitto."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.library import FaultLibrary
 from tests.browser import chromium, console_errors, pixel_std
 from tests.collector import Collector
-from tests.harness import agent_settings, publish_windows, record_windows, start_agent
+from tests.harness import agent_settings, publish_windows, record_windows, start_agent, wait_until
 
 OUTER_RACE_3HP = "133"  # 12 kHz drive end, 0.007 in outer race, 3 hp: not in the test library
 
@@ -61,16 +60,6 @@ def test_dashboard_is_off_by_default() -> None:
     assert settings.dashboard.host == "127.0.0.1"
 
 
-def _wait(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_page_shows_a_live_alert_and_draws_its_spectra(
     mosquitto_session: Any,
@@ -96,17 +85,17 @@ def test_page_shows_a_live_alert_and_draws_its_spectra(
         driver = chromium()
         driver.get(dashboard.url)
         # The page polls once a second; its first poll makes the dashboard take windows.
-        _wait(lambda: dashboard.observer.streaming, 15, "the page's first poll")
+        wait_until(lambda: dashboard.observer.streaming, 15, "the page's first poll")
         windows = record_windows(cwru_dir, OUTER_RACE_3HP, "pump-7", 2, ts0=1.7e9)
         publish_windows(port, unique_prefix, windows)
         alerts = collector.wait_for(lambda t, _b: "/alerts/" in t, count=2)
         last_id = alerts[-1][1]["message_id"]
         row = f'#alerts tr[data-message-id="{last_id}"]'
-        _wait(lambda: driver.find_elements("css selector", row), 20, "the alert in the page")
+        wait_until(lambda: driver.find_elements("css selector", row), 20, "the alert in the page")
         card = driver.find_element("css selector", '.card[data-asset="pump-7"]')
         assert alerts[-1][1]["label"] in card.text
         canvas = driver.find_element("css selector", "#envelope")
-        _wait(lambda: int(canvas.get_attribute("data-points") or 0) > 0, 20, "the spectra")
+        wait_until(lambda: int(canvas.get_attribute("data-points") or 0) > 0, 20, "the spectra")
         assert int(canvas.get_attribute("data-markers")) >= 8  # BPFO/BPFI/BSF/FTF harmonics
         spectrum = driver.find_element("css selector", "#spectrum")
         assert int(spectrum.get_attribute("data-points")) > 1000

@@ -32,7 +32,7 @@ from faultline.fault_library.catalog import read_manifest
 from faultline.fault_library.library import FaultLibrary
 from faultline.fault_library.recordings import iter_windows, read_recording
 from tests.collector import Collector
-from tests.harness import AgentProcess, agent_process_env
+from tests.harness import AgentProcess, agent_process_env, wait_until
 from tests.netproxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -187,14 +187,6 @@ def alert_copies(collector: Collector) -> int:
 
 def report(name: str, **counts: object) -> None:
     print(f"\n[{name}] " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def wait_while_progress(count: Any, target: int, *, idle_s: float, cap_s: float = 240) -> None:

@@ -20,15 +20,7 @@ import pytest
 from faultline.agent.health import Heartbeat, judge, write_health
 from faultline.agent.settings import load_settings
 from faultline.agent.transport.broker import MosquittoProcess
-from tests.harness import AgentProcess, agent_process_env, run_cli
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
+from tests.harness import AgentProcess, agent_process_env, run_cli, wait_until
 
 
 def test_bad_device_variable_waits_with_config_error(
@@ -44,7 +36,7 @@ def test_bad_device_variable_waits_with_config_error(
     )
     agent = AgentProcess(env, tmp_path / "agent.log").start()
     try:
-        _wait(lambda: "FAULTLINE__MQTT__PORT" in agent.output(), 60, "the error in the log")
+        wait_until(lambda: "FAULTLINE__MQTT__PORT" in agent.output(), 60, "the error in the log")
         log = agent.output()
         assert "mqtt.port" in log, log
         assert "99999" in log, log
@@ -94,17 +86,17 @@ def test_health_follows_the_running_agent(
 
     agent = AgentProcess(env, tmp_path / "agent.log").start()
     try:
-        _wait(lambda: health()[0] == 0 and "connected" in health()[1], 120, "healthy")
+        wait_until(lambda: health()[0] == 0 and "connected" in health()[1], 120, "healthy")
         code, line = health()
         assert code == 0, line
         assert line.startswith("ok: connected to 127.0.0.1"), line
         assert "queue 0" in line
 
         mosquitto.stop()
-        _wait(lambda: health()[0] == 1, 30, "unhealthy without a broker")
+        wait_until(lambda: health()[0] == 1, 30, "unhealthy without a broker")
         assert "unreachable" in health()[1]
         mosquitto.start()
-        _wait(lambda: health()[0] == 0, 30, "healthy again")
+        wait_until(lambda: health()[0] == 0, 30, "healthy again")
 
         assert agent.stop(60) == 0, agent.output()
         # Nobody rewrites the file any more: stale means hung or gone.

@@ -14,13 +14,18 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from faultline.agent.transport.broker import MosquittoProcess
 from tests.collector import Collector
-from tests.harness import AgentProcess, agent_process_env, publish_windows, record_windows
+from tests.harness import (
+    AgentProcess,
+    agent_process_env,
+    publish_windows,
+    record_windows,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +43,6 @@ def _online(collector: Collector) -> dict[str, float]:
 
 def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_processes_share_the_stream_and_stop_together(
@@ -71,7 +68,7 @@ def test_processes_share_the_stream_and_stop_together(
     )
     agent = AgentProcess(env, tmp_path / "agent.log", ["--processes", "2"]).start()
     try:
-        _wait(lambda: set(_online(collector)) == {"gw-1-p0", "gw-1-p1"}, 120, "two online")
+        wait_until(lambda: set(_online(collector)) == {"gw-1-p0", "gw-1-p1"}, 120, "two online")
         # Each process's own state; the supervisor's health file lists theirs.
         state = sorted(os.listdir(tmp_path / "state"))
         assert state == ["health.json", "process-0", "process-1"], state
@@ -107,7 +104,7 @@ def test_processes_share_the_stream_and_stop_together(
         first, second = _children(agent.pid)
         before = _online(collector)["gw-1-p0"]
         os.kill(first, signal.SIGKILL)
-        _wait(lambda: _online(collector).get("gw-1-p0", 0) > before, 60, "p0 back online")
+        wait_until(lambda: _online(collector).get("gw-1-p0", 0) > before, 60, "p0 back online")
         assert second in _children(agent.pid)
         assert "exited with code -9" in agent.output(200)
 

@@ -29,20 +29,18 @@ import pytest
 
 from faultline.agent.transport.broker import MosquittoProcess
 from tests.collector import Collector
-from tests.harness import AgentProcess, agent_process_env, publish_windows, record_windows
+from tests.harness import (
+    AgentProcess,
+    agent_process_env,
+    publish_windows,
+    record_windows,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 ASSETS = {"pump-a": "97", "pump-b": "105", "fan-c": "118", "fan-d": "130"}
 GROUP = "line-1"
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def _online(collector: Collector) -> set[str]:
@@ -93,11 +91,11 @@ def test_two_gateways_split_a_stream_exactly_once_through_a_kill(
     try:
         for agent in gateways.values():
             agent.start()
-        _wait(lambda: _online(collector) == {"gw-a", "gw-b"}, 120, "both gateways online")
+        wait_until(lambda: _online(collector) == {"gw-a", "gw-b"}, 120, "both gateways online")
 
         publish_windows(mosquitto.port, prefix, first)
         # Mid-stream: gw-a has answered some of its share and holds more in flight.
-        _wait(
+        wait_until(
             lambda: sum(a["agent_id"] == "gw-a" for a in _alerts(collector)) >= 3,
             60,
             "gw-a answering",
@@ -108,7 +106,7 @@ def test_two_gateways_split_a_stream_exactly_once_through_a_kill(
         time.sleep(3.0)  # gw-a stays dead a while; gw-b goes on serving
         during = _alerts(collector)[killed_at:]
         gateways["gw-a"].start()
-        _wait(
+        wait_until(
             lambda: len({a["message_id"] for a in _alerts(collector)}) >= len(windows),
             120,
             "every window answered",
