@@ -588,6 +588,13 @@ def test_a_full_disk_is_reported_served_from_memory_and_recovered(
         sensors.publish(40, rate=50)
         sensors.wait_acked(30)
         wait_until(lambda: len(alerts_by_id(ledger)[0]) >= 380, 60, "every alert")
+    except AssertionError as exc:
+        statuses = [m for t, m in ledger.messages if "/status/" in t]
+        raise AssertionError(
+            f"{exc}\nthe agent's log:\n{agent.output(60)}\nlast status: "
+            f"{statuses[-1] if statuses else None}\n"
+            f"errors: {[m['code'] for t, m in ledger.messages if t.endswith('/errors')]}"
+        ) from exc
     finally:
         exit_code = shut_down(sensors, agent, ledger)
     unique, duplicates, _replays, lost = outcome(ledger, sensors)

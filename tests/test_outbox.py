@@ -109,9 +109,9 @@ class _Link:
 
     def __init__(self, port: int, path: Path | None, **config: Any) -> None:
         self.faults: list[tuple[str, str]] = []
+        self.reported_under_lock: list[str] = []
         self.outbox = Outbox(
-            OutboxConfig(path=path, policies=POLICIES, **config),
-            on_fault=lambda code, reason: self.faults.append((code, reason)),
+            OutboxConfig(path=path, policies=POLICIES, **config), on_fault=self._on_fault
         )
         self.transport = MqttTransport(
             host="127.0.0.1",
@@ -137,6 +137,26 @@ class _Link:
                 )
             )
         )
+
+    def _on_fault(self, code: str, reason: str) -> None:
+        """As the agent's: recorded, then the status published through the MQTT client.
+        Also checks the outbox's lock is free meanwhile: paho holds its own lock while it
+        runs the PUBACK callback that takes the outbox's, so a report made under the
+        outbox's lock can deadlock against it."""
+        self.faults.append((code, reason))
+        taken: list[bool] = []
+
+        def probe() -> None:
+            taken.append(self.outbox._cond.acquire(timeout=2))
+            if taken[0]:
+                self.outbox._cond.release()
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        prober.join()
+        if not taken[0]:
+            self.reported_under_lock.append(code)
+        self.transport.publish_status()
 
     def start(self) -> _Link:
         self.outbox.start()
@@ -434,7 +454,11 @@ def test_rows_of_a_file_that_turns_corrupt_are_kept_and_never_deleted_by_number(
         time.sleep(0.05)
     with link.outbox._cond:
         link.outbox._disk_failed(sqlite3.DatabaseError("database disk image is malformed"))
+    deadline = time.monotonic() + 5  # the writer reports faults once it holds no lock
+    while len(link.faults) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert [c for c, _r in link.faults][:2] == ["outbox_corrupt", "outbox_unwritable"]
+    assert link.reported_under_lock == []
     [moved] = [
         p for p in tmp_path.glob("outbox.sqlite.corrupt-*") if p.name[-4:] not in ("-wal", "-shm")
     ]

@@ -152,7 +152,8 @@ class Outbox:
             "refused": {},
             "unreadable": {},
         }
-        self._deferred_faults: list[tuple[str, str]] = []  # raised before start()
+        # Faults wait here for the writer to report them with no lock held (see _fault).
+        self._faults: list[tuple[str, str]] = []
         self._last_announce = 0.0
         self._link_up = False
         self._link_up_at = float("inf")  # everything accepted before the link came up replays
@@ -247,10 +248,8 @@ class Outbox:
             thread = threading.Thread(target=target, name=f"outbox-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        # Faults met while opening (a corrupt or unwritable file) had nobody to tell yet.
-        deferred, self._deferred_faults = self._deferred_faults, []
-        for code, reason in deferred:
-            self._fault(code, reason)
+        # Faults met while opening (a corrupt or unwritable file) had nobody to tell yet:
+        # the writer reports them on its first turn.
 
     def stop(self, timeout: float = 5.0) -> int:
         """Write what is queued, send what the link takes within ``timeout``, then end.
@@ -367,7 +366,7 @@ class Outbox:
         self._writer_ident = threading.get_ident()
         while not self._stopping.is_set():
             with self._cond:
-                if not self._pending and not self._deletes:
+                if not self._pending and not self._deletes and not self._faults:
                     self._cond.wait(0.25)
             if self._pending and self.config.commit_wait_s > 0:
                 time.sleep(self.config.commit_wait_s)  # group commit: let company arrive
@@ -375,6 +374,7 @@ class Outbox:
             with self._cond:
                 self._expire()
                 self._announce_if_due()
+            self._report_faults()
 
     def _write_now(self) -> None:
         """One group commit, by the writer thread (or by ``stop`` once it has ended).
@@ -823,16 +823,28 @@ class Outbox:
             per_class.clear()
 
     def _fault(self, code: str, reason: str) -> None:
-        # Reported through the caller's error path, which puts a message back into us:
-        # the writer thread may do so without waiting (see put). Before start() the
-        # caller's error path does not exist yet (we are being built): kept until then.
-        if not self._threads:
-            self._deferred_faults.append((code, reason))
-            return
-        try:
-            self._on_fault(code, reason)
-        except Exception:
-            log.exception("outbox fault report %s failed", code)
+        """Queue a fault for the writer to report once it holds no lock.
+
+        Faults are met with ``_cond`` held, and the caller's error path publishes a status
+        through the MQTT client, whose outgoing-message lock is held while paho runs our
+        PUBACK callback, which takes ``_cond``: reporting here deadlocked the agent (seen
+        once in CI, at the outbox_recovered of a full disk). Before ``start`` the error
+        path does not exist yet (we are being built): the first writer turn reports them.
+        """
+        with self._cond:
+            self._faults.append((code, reason))
+            self._cond.notify_all()
+
+    def _report_faults(self) -> None:
+        """Writer thread, no lock held: hand the queued faults to the caller's error path,
+        which puts a message back into us (the writer's own put never waits)."""
+        with self._cond:
+            faults, self._faults = self._faults, []
+        for code, reason in faults:
+            try:
+                self._on_fault(code, reason)
+            except Exception:
+                log.exception("outbox fault report %s failed", code)
 
     # ------------------------------------------------------------------ status
     def stats(self) -> dict[str, object]:
