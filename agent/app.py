@@ -21,6 +21,8 @@ from types import FrameType
 from faultline.agent import __version__
 from faultline.agent.dashboard import dashboard_from_settings
 from faultline.agent.error_budget import ErrorBudget
+from faultline.agent.fleet import SEARCH_SCHEMA, Coordinator, SearchLimits, ShardHolder
+from faultline.agent.fleet.protocol import SearchRequest
 from faultline.agent.health import Heartbeat
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
 from faultline.agent.memory_budget import resident_mb, worst_case
@@ -83,6 +85,7 @@ def topics_from_settings(settings: Settings) -> Topics:
         window_filters=list(settings.topics.window_filters),
         spectrum_filters=list(settings.topics.spectrum_filters),
         shared_group=settings.topics.shared_group,
+        fleet_group=settings.fleet.group,
     )
 
 
@@ -317,6 +320,7 @@ class Agent:
                 for h in self.library.current.search_text(q, 20, any_word=True)
             ],
         )
+        self.shard_holder, self.coordinator = self._fleet_from_settings(settings)
         self.reports = report_worker_from_settings(
             settings,
             agent_id=self.client_id,
@@ -355,10 +359,15 @@ class Agent:
             self.dashboard.start()
         self.outbox.start()
         self.questions.start()
+        if self.shard_holder is not None:
+            self.shard_holder.start()
+        if self.coordinator is not None:
+            self.coordinator.start()
         if self.reports is not None:
             self.reports.start()
         self.pipeline.start()
         self.transport.subscribe(self.topics.subscriptions(), qos=self.settings.mqtt.qos)
+        self._subscribe_fleet()
         self.transport.start()
         if self.watcher is not None:
             self.watcher.start()
@@ -382,6 +391,10 @@ class Agent:
         if left:
             # Not acknowledged: the broker redelivers them at the next start.
             log.warning("%d queued windows were not processed before the drain bound", left)
+        if self.coordinator is not None:
+            self.coordinator.stop()  # searches still waiting are answered with what they have
+        if self.shard_holder is not None:
+            self.shard_holder.stop()
         self.questions.stop()
         if self.reports is not None:
             # The report being generated is cut short (its template is published); queued
@@ -450,6 +463,8 @@ class Agent:
             ack()
             self._on_command(message)
             return
+        if self._route_fleet(message):
+            return
         if message.topic == self.topics.query:
             # Acknowledged once its answer (or the error saying why there is none) is
             # in the outbox, like a window.
@@ -489,6 +504,27 @@ class Agent:
             # Not acknowledged: the broker keeps it for the next start.
             self.outbox.release(key)
             self._reject(message.topic, asset, "shutting_down", "agent is stopping; not queued")
+
+    def _route_fleet(self, message: InboundMessage) -> bool:
+        """Fleet searches, shard holders' replies and shard requests (False: none of
+        those). Acknowledged once answered, or at once for a reply (nothing waits on it)."""
+
+        def ack() -> None:
+            self.transport.ack(message)
+
+        if self.coordinator is not None:
+            if message.topic == self.topics.fleet_search:
+                self.coordinator.offer(message, ack)
+                return True
+            if message.topic == self.topics.fleet_replies:
+                ack()
+                self.coordinator.on_reply(message)
+                return True
+        shard = self.topics.shard_of(message.topic) if self.shard_holder is not None else None
+        if shard is not None and self.shard_holder is not None:
+            self.shard_holder.offer(shard, message, ack)
+            return True
+        return False
 
     def _decode(self, kind: str, asset: str, payload: bytes) -> Measurement:
         decoded: Measurement
@@ -545,6 +581,7 @@ class Agent:
 
     def _on_library_swap(self, old: FaultLibrary, new: FaultLibrary) -> None:
         self.counters.add("library_swaps")
+        self._subscribe_fleet()  # a resharded version may hold shards of new names
         self.transport.publish_status()
 
     def _on_library_refused(self, version: str, reason: str) -> None:
@@ -693,6 +730,17 @@ class Agent:
                 asset=answer.asset,
                 citations=answer.citations,
             )
+        self._send_answer(message, topic, body, ack)
+
+    def _send_answer(
+        self,
+        message: InboundMessage,
+        topic: str | None,
+        body: dict[str, object],
+        ack: Callable[[], None],
+    ) -> None:
+        """An answer (question or fleet search) through the outbox, class ``answer``, to
+        ``topic`` or the answers topic, with the asker's MQTT 5 correlation data."""
         message_id = new_message_id()
         body["message_id"] = message_id
         payload = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
@@ -705,6 +753,92 @@ class Agent:
             on_stored=ack,
             correlation=message.correlation_data,
         )
+
+    # -- fleet search (agent/fleet/) ---------------------------------------------------
+    def _fleet_from_settings(
+        self, settings: Settings
+    ) -> tuple[ShardHolder | None, Coordinator | None]:
+        fleet = settings.fleet
+        if not fleet.enabled:
+            return None, None
+        limits = SearchLimits(fleet.max_payload_bytes, fleet.max_queries, fleet.max_k)
+        holder = ShardHolder(
+            library=lambda: self.library.current,
+            agent_id=self.client_id,
+            send=self._send_shard_reply,
+            limits=limits,
+            queue_size=fleet.queue_size,
+        )
+        coordinator = (
+            Coordinator(
+                library=lambda: self.library.current,
+                shard_topic=self.topics.shard_search,
+                send_request=self._send_shard_request,
+                reply=self._publish_search_answer,
+                limits=limits,
+                deadline_s=fleet.deadline_s,
+                max_pending=fleet.max_pending,
+            )
+            if fleet.coordinate
+            else None
+        )
+        return holder, coordinator
+
+    def _subscribe_fleet(self) -> None:
+        if self.shard_holder is None:
+            return
+        filters = self.topics.fleet_subscriptions(
+            self.library.current.shards, coordinate=self.coordinator is not None
+        )
+        self.transport.subscribe(filters, qos=1)
+
+    def _send_shard_request(
+        self, topic: str, payload: bytes, correlation: bytes, expiry_s: int
+    ) -> None:
+        self.transport.publish(
+            topic,
+            payload,
+            qos=1,
+            content_type="application/json",
+            correlation_data=correlation,
+            response_topic=self.topics.fleet_replies,
+            expiry_s=expiry_s,
+        )
+
+    def _send_shard_reply(
+        self, message: InboundMessage, reply_to: str | None, payload: bytes
+    ) -> None:
+        """Straight to the broker, not through the outbox: the coordinator waits for it
+        a deadline long, and a reply that misses it is worth nothing."""
+        self.transport.publish(
+            message.response_topic or reply_to or self.topics.answers,
+            payload,
+            qos=1,
+            content_type="application/json",
+            correlation_data=message.correlation_data,
+        )
+
+    def _publish_search_answer(
+        self,
+        message: InboundMessage,
+        request: SearchRequest | None,
+        body: dict[str, object],
+        ack: Callable[[], None],
+    ) -> None:
+        topic = message.response_topic or (request.reply_to if request else None)
+        if "error" in body:
+            self.counters.add(f"fleet.rejected.{body['error']['code']}")  # type: ignore[index]
+        else:
+            self.counters.add("fleet.partial" if body.get("partial") else "fleet.answered")
+        body = {
+            "schema": SEARCH_SCHEMA,
+            **body,
+            "correlation_id": request.correlation_id if request else None,
+            "agent_id": self.client_id,
+            "answered_at": time.time(),
+            "replay": False,
+        }
+        self._send_answer(message, topic, body, ack)
 
     def _on_pipeline_failure(self, job: Job, code: str, reason: str) -> None:
         self._reject(
@@ -853,6 +987,14 @@ class Agent:
             memory_worst_case_mb=lambda: self.memory.total_mb,
         )
 
+    def _fleet_status(self) -> dict[str, object] | None:
+        if self.shard_holder is None:
+            return None
+        return {
+            "holder": self.shard_holder.status(),
+            "coordinator": None if self.coordinator is None else self.coordinator.status(),
+        }
+
     def _status_fields(self) -> dict[str, object]:
         return {
             "agent": self.client_id,
@@ -864,6 +1006,7 @@ class Agent:
             "refused_by_broker": self.transport.refusals,
             "reports": None if self.reports is None else self.reports.status(),
             "questions": self.questions.status(),
+            "fleet": self._fleet_status(),
             "stages": self.stages.snapshot(),
             "memory": {
                 "resident_mb": round(resident_mb(), 1),

@@ -795,6 +795,56 @@ class HealthSettings(_Section):
     )
 
 
+class FleetSettings(_Section):
+    enabled: bool = Field(
+        default=False,
+        description="Take part in fleet searches: serve the held shards' requests "
+        "(<prefix>/shards/<shard>/search) and, with coordinate, scatter searches sent to "
+        "<prefix>/fleet/search over every shard and merge them (MQTT 5 only).",
+    )
+    coordinate: bool = Field(
+        default=True,
+        description="Take fleet searches from <prefix>/fleet/search (false: only hold shards).",
+    )
+    group: str = Field(
+        default="faultline-fleet",
+        min_length=1,
+        max_length=64,
+        description="Share group of the fleet's search and shard topics ($share/<group>/...): "
+        "one coordinator per search, one replica per shard request.",
+    )
+    deadline_s: float = Field(
+        default=2.0,
+        ge=0.05,
+        le=60.0,
+        description="How long a coordinator waits for the shard holders; then it answers "
+        "naming the shards that did not reply.",
+    )
+    max_pending: int = Field(
+        default=64, ge=1, le=10_000, description="Fleet searches waiting at once; more: busy."
+    )
+    max_queries: int = Field(
+        default=32, ge=1, le=1024, description="Query vectors in one fleet search."
+    )
+    max_k: int = Field(default=100, ge=1, le=1000, description="Largest k a search may ask.")
+    max_payload_bytes: int = Field(
+        default=512 * 1024,
+        ge=4096,
+        le=16 * 2**20,
+        description="Largest fleet search, shard request or shard reply, bytes.",
+    )
+    queue_size: int = Field(
+        default=32, ge=1, le=10_000, description="Shard requests waiting for this holder."
+    )
+
+    @field_validator("group")
+    @classmethod
+    def _group_form(cls, value: str) -> str:
+        if any(c in value for c in "/+#"):
+            raise ValueError("a share group name without '/', '+' or '#'")
+        return value
+
+
 class Settings(_Section):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
     topics: TopicSettings = Field(default_factory=TopicSettings, description="Topic names.")
@@ -825,6 +875,9 @@ class Settings(_Section):
     health: HealthSettings = Field(
         default_factory=HealthSettings, description="What `faultline health` calls unhealthy."
     )
+    fleet: FleetSettings = Field(
+        default_factory=FleetSettings, description="Library shards searched across gateways."
+    )
     assets: dict[AssetId, AssetSettings] = Field(
         default={},
         max_length=100_000,
@@ -837,6 +890,16 @@ class Settings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )
+
+    @model_validator(mode="after")
+    def _fleet_needs_mqtt5(self) -> Settings:
+        if self.fleet.enabled and self.mqtt.protocol != "5":
+            raise KeyedValueError(
+                ("fleet", "enabled"),
+                "false with mqtt.protocol 3.1.1 (fleet search is MQTT 5 request/response)",
+                True,
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -70,6 +70,7 @@ __all__ = [
     "FaultLibrary",
     "LibraryError",
     "Neighbour",
+    "ShardTopK",
     "current_version",
     "index_file",
     "list_versions",
@@ -89,6 +90,15 @@ class Neighbour:
     id: str
     label: str
     score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShardTopK:
+    """One shard's answer: ``(n_queries, k)`` scores, ids and labels; id ``""``: no hit."""
+
+    scores: npt.NDArray[np.float32]
+    ids: npt.NDArray[np.str_]
+    labels: npt.NDArray[np.str_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,27 +230,30 @@ class FaultLibrary:
         """Top-``k`` neighbours per query vector over the loaded shards, merged exactly.
         In-memory arrays only: no SQL here."""
         self._check_view(view)
-        shards = list(self._shards.values())
-        scores: list[npt.NDArray[np.float32]] = []
-        ids: list[npt.NDArray[np.str_]] = []
-        rows: list[npt.NDArray[np.int64]] = []
-        for shard in shards:
-            s, r = shard.indexes[view].search(vectors, k)
-            found = shard.ids[view][np.clip(r, 0, None)]
-            scores.append(s)
-            ids.append(np.where(r >= 0, found, ""))
-            rows.append(r)
-        out: list[list[Neighbour]] = []
-        for q, hits in enumerate(merge_topk(scores, ids, k)):
-            out.append(
-                [
-                    Neighbour(
-                        h.id, str(shards[h.shard].labels[view][rows[h.shard][q, h.column]]), h.score
-                    )
-                    for h in hits
-                ]
+        answers = [self.search_shard(name, view, vectors, k) for name in self._shards]
+        merged = merge_topk([a.scores for a in answers], [a.ids for a in answers], k)
+        return [
+            [Neighbour(h.id, str(answers[h.shard].labels[q, h.column]), h.score) for h in hits]
+            for q, hits in enumerate(merged)
+        ]
+
+    def search_shard(self, shard: str, view: str, vectors: npt.ArrayLike, k: int) -> ShardTopK:
+        """One loaded shard's own top-``k`` (the part a fleet gathers from each holder and
+        merges with ``merge_topk``, exactly as ``search`` merges the shards held here)."""
+        self._check_view(view)
+        held = self._shards.get(shard)
+        if held is None:
+            raise LibraryError(
+                f"shard {shard} is not loaded here (loaded: {', '.join(self._shards)})"
             )
-        return out
+        scores, rows = held.indexes[view].search(vectors, k)
+        clipped = np.clip(rows, 0, None)
+        hit = rows >= 0
+        return ShardTopK(
+            scores=scores,
+            ids=np.where(hit, held.ids[view][clipped], ""),
+            labels=np.where(hit, held.labels[view][clipped], ""),
+        )
 
     def baseline(self, view: str, asset: str) -> Baseline | None:
         """The asset's enrolled healthy baseline in ``view`` (None: not enrolled here)."""

@@ -279,6 +279,8 @@ class MqttTransport:
         user_properties: Mapping[str, str] | None = None,
         content_type: str | None = None,
         correlation_data: bytes | None = None,
+        response_topic: str | None = None,
+        expiry_s: int | None = None,
     ) -> int:
         """Queue a message and return its packet id (``on_published`` reports its PUBACK).
 
@@ -287,7 +289,9 @@ class MqttTransport:
         dropped and counted in ``publish_failures`` (MQTT semantics). Raises PublishError
         only when the message cannot be queued at all.
         """
-        props = self._publish_properties(user_properties, content_type, correlation_data)
+        props = self._publish_properties(
+            user_properties, content_type, correlation_data, response_topic, expiry_s
+        )
         try:
             info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         except ValueError as exc:
@@ -741,8 +745,14 @@ class MqttTransport:
         user_properties: Mapping[str, str] | None,
         content_type: str | None,
         correlation_data: bytes | None = None,
+        response_topic: str | None = None,
+        expiry_s: int | None = None,
     ) -> Properties | None:
-        if not user_properties and content_type is None and correlation_data is None:
+        """MQTT 5 properties of a publish; ``response_topic`` and ``correlation_data``
+        make it a request (MQTT 5 request/response), ``expiry_s`` lets the broker drop it
+        once nobody waits for it any more."""
+        extras = (content_type, correlation_data, response_topic, expiry_s)
+        if not user_properties and all(x is None for x in extras):
             return None
         if not self._v5:
             if not self._warned_v311_props:
@@ -756,6 +766,10 @@ class MqttTransport:
             props.ContentType = content_type
         if correlation_data is not None:
             props.CorrelationData = correlation_data
+        if response_topic is not None:
+            props.ResponseTopic = response_topic
+        if expiry_s is not None:
+            props.MessageExpiryInterval = expiry_s
         return props
 
     def _will_properties(self) -> Properties | None:

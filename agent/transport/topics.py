@@ -51,6 +51,7 @@ class Topics:
     client_id: str
     inputs: tuple[InputFilter, ...]
     shared_group: str | None = None
+    fleet_group: str = "faultline-fleet"
 
     def subscriptions(self) -> list[str]:
         """Filters to subscribe to; a shared group lets N gateways or processes split one
@@ -93,6 +94,38 @@ class Topics:
         return f"{self.prefix}/answers"
 
     @property
+    def fleet_search(self) -> str:
+        """Searches sent to the whole fleet; one coordinating gateway takes each."""
+        return f"{self.prefix}/fleet/search"
+
+    @property
+    def fleet_replies(self) -> str:
+        """This gateway's inbox for the shard holders' replies (never shared)."""
+        return f"{self.prefix}/fleet/replies/{self.client_id}"
+
+    def shard_search(self, shard: str) -> str:
+        """Requests for one shard's top-k; its holders share them."""
+        return f"{self.prefix}/shards/{shard}/search"
+
+    def shard_of(self, topic: str) -> str | None:
+        """The shard a request topic names, None for any other topic."""
+        head, tail = f"{self.prefix}/shards/", "/search"
+        if topic.startswith(head) and topic.endswith(tail):
+            shard = topic[len(head) : -len(tail)]
+            return shard if shard and "/" not in shard else None
+        return None
+
+    def fleet_subscriptions(self, shards: tuple[str, ...], *, coordinate: bool) -> list[str]:
+        """What a fleet member subscribes to: the held shards' request topics and, when it
+        coordinates, the fleet's search topic, both shared in ``fleet_group``; its own
+        reply inbox, not shared."""
+        group = f"{SHARED_PREFIX}{self.fleet_group}/"
+        held = [f"{group}{self.shard_search(s)}" for s in shards]
+        if not coordinate:
+            return held
+        return [*held, f"{group}{self.fleet_search}", self.fleet_replies]
+
+    @property
     def errors(self) -> str:
         return f"{self.prefix}/errors"
 
@@ -122,9 +155,14 @@ def build_topics(
     window_filters: list[str],
     spectrum_filters: list[str],
     shared_group: str | None = None,
+    fleet_group: str = "faultline-fleet",
 ) -> Topics:
     inputs = [make_input_filter(p, prefix, "window") for p in window_filters]
     inputs += [make_input_filter(p, prefix, "spectrum") for p in spectrum_filters]
     return Topics(
-        prefix=prefix, client_id=client_id, inputs=tuple(inputs), shared_group=shared_group
+        prefix=prefix,
+        client_id=client_id,
+        inputs=tuple(inputs),
+        shared_group=shared_group,
+        fleet_group=fleet_group,
     )

@@ -1,0 +1,371 @@
+"""Fleet search: library shards spread over gateways, scattered and merged exactly.
+
+The wire format and the merge are checked first on a real sharded library in this process
+(each shard's reply goes through the JSON a holder sends). Then two real `faultline run`
+gateways on a real Mosquitto, each holding part of a real CWRU library's shards
+(``library.shards``): ``gw-a`` holds ``shard-00`` and coordinates, ``gw-b`` holds
+``shard-01`` and ``shard-02`` and only serves them. A search sent to
+``<prefix>/fleet/search`` with MQTT 5 request/response must come back equal to one library
+holding every shard (ids, labels, order, scores) and to a one-shard build of the same
+signatures; malformed searches and shard requests get an error reply, never silence; with
+``gw-b`` killed the answer still arrives within the deadline and names its two shards.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from faultline.agent.fleet.gather import Gather
+from faultline.agent.fleet.protocol import (
+    FleetError,
+    SearchLimits,
+    SearchRequest,
+    encode_reply,
+    parse_reply,
+    parse_request,
+)
+from faultline.agent.transport.broker import MosquittoProcess
+from faultline.encoders.dsp import magnitude_spectrum
+from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.fault_library.builder import build_library
+from faultline.fault_library.catalog import read_manifest
+from faultline.fault_library.library import FaultLibrary, open_current
+from faultline.fault_library.recordings import iter_windows, read_recording
+from tests.collector import Collector
+from tests.harness import AgentProcess, agent_process_env, wait_until
+
+RECORDS = ("97", "105", "118", "130", "106", "131")  # 4 classes, loads 0 and 1 hp
+LIMITS = SearchLimits(max_payload_bytes=65536, max_queries=8, max_k=50)
+DEADLINE_S = 1.5
+
+Matrix = npt.NDArray[np.float32]
+
+
+# -- the library: real CWRU signatures, three shards (and one shard, for reference) ---------
+@dataclass
+class Libraries:
+    root: Path  # three shards
+    single: Path  # the same signatures in one shard
+    queries: dict[str, Matrix]  # held-out windows (3-5 s), per view
+
+
+@pytest.fixture(scope="module")
+def libraries(
+    cwru_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder: SpectrumEncoder
+) -> Libraries:
+    entries = [e for e in read_manifest(cwru_dir) if e.record_id in RECORDS]
+    base = tmp_path_factory.mktemp("fleet-library")
+    for name, n in (("sharded", 3), ("single", 1)):
+        build_library(
+            entries, base / name, encoder, segment=lambda _e: (0.0, 3.0), shards=n, progress=False
+        )
+    held = []
+    for entry in entries:
+        rec = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
+        held += list(iter_windows(rec, "q", window_s=1.0, start_s=3.0, stop_s=5.0))
+    queries = {
+        "window": encoder.encode(held)[:8],
+        "spectrum": encoder.encode([magnitude_spectrum(w) for w in held])[:8],
+    }
+    return Libraries(base / "sharded", base / "single", queries)
+
+
+def _ids(library: FaultLibrary, view: str, queries: Matrix, k: int) -> list[list[str]]:
+    return [[n.id for n in hits] for hits in library.search(view, queries, k)]
+
+
+def _triples(library: FaultLibrary, view: str, queries: Matrix, k: int) -> list[list[Any]]:
+    return [[(n.id, n.label, n.score) for n in hits] for hits in library.search(view, queries, k)]
+
+
+def _answer_triples(answer: dict[str, Any]) -> list[list[Any]]:
+    return [[(h["id"], h["label"], h["score"]) for h in hits] for hits in answer["results"]]
+
+
+# -- in process: the wire format and the merge ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"x" * 70_000, "request_too_large"),
+        (b"\xff\xfe", "bad_encoding"),
+        (b"not json", "bad_json"),
+        (b"[1, 2]", "bad_json"),
+        (b'{"vectors": [[0.1, 0.2]], "view": "audio"}', "bad_view"),
+        (b'{"vectors": [[0.1, 0.2]], "k": 0}', "bad_k"),
+        (b'{"vectors": [[0.1, 0.2]], "k": 51}', "bad_k"),
+        (b'{"vectors": [[0.1, 0.2]], "k": true}', "bad_k"),
+        (b'{"vectors": []}', "bad_vectors"),
+        (b'{"vectors": [[0.1, 0.2, 0.3]]}', "bad_vectors"),
+        (b'{"vectors": [[0.1, "a"]]}', "bad_vectors"),
+        (b'{"vectors": [[0.1, 1e39]]}', "bad_vectors"),
+        (json.dumps({"vectors": [[0.1, 0.2]] * 9}).encode(), "bad_vectors"),
+        (b'{"vectors": [[0.1, 0.2]], "reply_to": "a/#"}', "bad_reply_to"),
+        (b'{"vectors": [[0.1, 0.2]], "correlation_id": 7}', "bad_request"),
+        (b"[" * 60_000, "bad_json"),
+    ],
+)
+def test_malformed_requests_are_refused_with_a_code(payload: bytes, code: str) -> None:
+    with pytest.raises(FleetError) as refused:
+        parse_request(payload, LIMITS, {"window": 2, "spectrum": 2})
+    assert refused.value.code == code
+
+
+def _scatter(library: FaultLibrary, request: SearchRequest, shards: tuple[str, ...]) -> Gather:
+    """What a coordinator gathers: each shard's reply, as bytes on the wire and back."""
+    gather = Gather(request, library.all_shards, 0.0, 1.0)
+    for shard in shards:
+        found = library.search_shard(shard, request.view, request.vectors, request.k)
+        wire = encode_reply(shard, "gw", found, library.version)
+        reply, version = parse_reply(
+            wire, max_bytes=1 << 20, n_queries=len(request.vectors), k=request.k
+        )
+        gather.add(shard, reply, version)
+    return gather
+
+
+def test_gathered_replies_merge_to_the_one_library_answer_and_name_what_is_missing(
+    libraries: Libraries, encoder: SpectrumEncoder
+) -> None:
+    with open_current(libraries.root, expected_model_id=encoder.model_id) as whole:
+        assert whole.all_shards == ("shard-00", "shard-01", "shard-02")
+        for view, queries in libraries.queries.items():
+            request = SearchRequest(view, 10, queries, whole.version)
+            gather = _scatter(whole, request, whole.all_shards)
+            assert gather.complete
+            answer = gather.answer(0.2, DEADLINE_S)
+            assert answer["partial"] is False
+            assert answer["missing_shards"] == []
+            assert _answer_triples(answer) == _triples(whole, view, queries, 10)  # exact
+
+        # One shard silent, one refusing: named, with why; the rest merged exactly.
+        request = SearchRequest("window", 10, libraries.queries["window"], whole.version)
+        gather = _scatter(whole, request, ("shard-00",))
+        gather.add("shard-02", FleetError("busy", "32 waiting"), whole.version)
+        answer = gather.answer(DEADLINE_S, DEADLINE_S)
+        assert answer["partial"] is True
+        assert answer["missing_shards"] == ["shard-01", "shard-02"]
+        assert answer["missing"]["shard-01"]["code"] == "no_reply"
+        assert answer["missing"]["shard-02"]["code"] == "busy"
+        with open_current(libraries.root, shards=["shard-00"]) as part:
+            assert _answer_triples(answer) == _triples(part, "window", request.vectors, 10)
+
+        # A holder on another version is named, not merged.
+        other = Gather(request, whole.all_shards, 0.0, 1.0)
+        found = whole.search_shard("shard-01", "window", request.vectors, 10)
+        other.add("shard-01", found, "20260101T000000Z-deadbeef")
+        assert other.failures["shard-01"].code == "version_mismatch"
+
+
+def test_a_malformed_reply_is_refused() -> None:
+    for payload in (b"{", b'{"ids": [["a"]], "labels": [["x"]], "scores": [[NaN]]}'):
+        with pytest.raises(FleetError) as refused:
+            parse_reply(payload, max_bytes=4096, n_queries=1, k=5)
+        assert refused.value.code == "bad_reply"
+    too_many = json.dumps({"ids": [["a"] * 6], "labels": [["x"] * 6], "scores": [[0.5] * 6]})
+    with pytest.raises(FleetError, match="at most 5"):
+        parse_reply(too_many.encode(), max_bytes=4096, n_queries=1, k=5)
+
+
+# -- real gateways -------------------------------------------------------------------------------
+class Requester:
+    """An MQTT 5 client that asks and waits for the reply with its correlation data."""
+
+    def __init__(self, port: int) -> None:
+        self.inbox = f"replies/{uuid.uuid4().hex[:8]}"
+        self._replies: dict[bytes, tuple[dict[str, Any], float]] = {}
+        self._cond = threading.Condition()
+        subscribed = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *_a: subscribed.set()
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+        self._client.subscribe(self.inbox, qos=1)
+        assert subscribed.wait(10)
+
+    def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
+        correlation = bytes(getattr(message.properties, "CorrelationData", b"") or b"")
+        with self._cond:
+            self._replies[correlation] = (json.loads(message.payload), time.monotonic())
+            self._cond.notify_all()
+
+    def ask(
+        self, topic: str, payload: bytes, timeout: float = 30.0
+    ) -> tuple[dict[str, Any], float]:
+        """The reply and the seconds it took."""
+        correlation = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.inbox
+        props.CorrelationData = correlation
+        sent = time.monotonic()
+        self._client.publish(topic, payload, qos=1, properties=props).wait_for_publish(5)
+        with self._cond:
+            if not self._cond.wait_for(lambda: correlation in self._replies, timeout):
+                raise AssertionError(f"no reply on {topic} within {timeout} s")
+            body, arrived = self._replies[correlation]
+        return body, arrived - sent
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+@dataclass
+class Fleet:
+    prefix: str
+    gateways: dict[str, AgentProcess]
+    requester: Requester
+    libraries: Libraries
+
+
+@pytest.fixture(scope="module")
+def fleet(libraries: Libraries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """gw-a: shard-00, coordinates; gw-b: shard-01 and shard-02, holds only. One broker
+    for the module (gw-b is killed by the last test)."""
+    work = tmp_path_factory.mktemp("fleet")
+    broker = MosquittoProcess(workdir=work / "mosquitto")
+    broker.start()
+    prefix = f"t/fleet-{uuid.uuid4().hex[:8]}"
+    held = {"gw-a": ("[shard-00]", "true"), "gw-b": ("[shard-01, shard-02]", "false")}
+    gateways = {
+        gw: AgentProcess(
+            agent_process_env(
+                broker.port,
+                prefix,
+                libraries.root,
+                work / gw,
+                FAULTLINE__MQTT__CLIENT_ID=gw,
+                FAULTLINE__LIBRARY__SHARDS=shards,
+                FAULTLINE__FLEET__ENABLED="true",
+                FAULTLINE__FLEET__COORDINATE=coordinate,
+                FAULTLINE__FLEET__DEADLINE_S=str(DEADLINE_S),
+                FAULTLINE__FLEET__MAX_QUERIES=str(LIMITS.max_queries),
+                FAULTLINE__FLEET__MAX_K=str(LIMITS.max_k),
+                FAULTLINE__FLEET__MAX_PAYLOAD_BYTES=str(LIMITS.max_payload_bytes),
+            ),
+            work / f"{gw}.log",
+        )
+        for gw, (shards, coordinate) in held.items()
+    }
+    status = Collector("127.0.0.1", broker.port, [f"{prefix}/status/+"])
+    requester = Requester(broker.port)
+    try:
+        for gateway in gateways.values():
+            gateway.start()
+
+        def online() -> bool:
+            latest = {t.rsplit("/", 1)[1]: b.get("state") for t, b in list(status.messages)}
+            return latest == {"gw-a": "online", "gw-b": "online"}
+
+        wait_until(online, 120, "both gateways online")
+        yield Fleet(prefix, gateways, requester, libraries)
+        for gw, gateway in gateways.items():
+            if gateway.proc is not None and gateway.proc.poll() is None:
+                assert gateway.stop(60) == 0, f"{gw}: {gateway.output()}"
+    finally:
+        for gateway in gateways.values():
+            gateway.kill9()
+        requester.close()
+        status.close()
+        broker.stop()
+
+
+def _search(view: str, queries: Matrix, k: int) -> bytes:
+    return json.dumps(
+        {"view": view, "k": k, "vectors": queries.astype(np.float64).tolist()}
+    ).encode()
+
+
+@pytest.mark.slow
+def test_a_fleet_search_equals_one_library_holding_every_shard(
+    fleet: Fleet, encoder: SpectrumEncoder
+) -> None:
+    lib = fleet.libraries
+    whole = open_current(lib.root, expected_model_id=encoder.model_id)
+    single = open_current(lib.single, expected_model_id=encoder.model_id)
+    try:
+        for view, queries in lib.queries.items():
+            answer, took = fleet.requester.ask(
+                f"{fleet.prefix}/fleet/search", _search(view, queries, 10)
+            )
+            assert answer["schema"] == "faultline.search/1", answer
+            assert answer["partial"] is False, answer["missing"]
+            assert answer["missing_shards"] == []
+            assert answer["answered_shards"] == ["shard-00", "shard-01", "shard-02"]
+            assert answer["library_version"] == whole.version
+            assert answer["agent_id"] == "gw-a"
+            # Exactly one library holding every shard: ids, labels, order and scores.
+            assert _answer_triples(answer) == _triples(whole, view, queries, 10)
+            # And one index over all signatures (a one-shard build): same ids, same order.
+            ids = [[h["id"] for h in hits] for hits in answer["results"]]
+            assert ids == _ids(single, view, queries, 10)
+            assert {h["shard"] for hits in answer["results"] for h in hits} == set(whole.shards)
+            print(f"fleet search ({view}, {len(queries)} queries, k 10): {took * 1000:.0f} ms")
+    finally:
+        whole.close()
+        single.close()
+
+
+@pytest.mark.slow
+def test_malformed_searches_and_shard_requests_get_an_error_reply(fleet: Fleet) -> None:
+    search = f"{fleet.prefix}/fleet/search"
+    shard = f"{fleet.prefix}/shards/shard-01/search"
+    vector = fleet.libraries.queries["window"][:1]
+    cases = [
+        (search, b"\xff\xfe", "bad_encoding"),
+        (search, b"not json", "bad_json"),
+        (search, b'{"vectors": []}', "bad_vectors"),
+        (search, json.dumps({"vectors": [[0.5] * 3]}).encode(), "bad_vectors"),
+        (search, _search("audio", vector, 10), "bad_view"),
+        (search, _search("window", vector, 51), "bad_k"),
+        (search, _search("window", np.repeat(vector, 9, axis=0), 5), "bad_vectors"),
+        (search, b"x" * (LIMITS.max_payload_bytes + 1), "request_too_large"),
+        (shard, b"{", "bad_json"),
+        (shard, _search("window", vector, 0), "bad_k"),
+        (
+            shard,
+            json.dumps(
+                {"vectors": vector.astype(np.float64).tolist(), "version": "19990101T0-0"}
+            ).encode(),
+            "version_mismatch",
+        ),
+    ]
+    for topic, payload, code in cases:
+        reply, _took = fleet.requester.ask(topic, payload, timeout=10)
+        assert reply.get("error", {}).get("code") == code, (topic, payload[:60], reply)
+    print(f"{len(cases)} malformed requests, {len(cases)} error replies")
+
+
+@pytest.mark.slow
+def test_a_dead_shard_holder_is_named_within_the_deadline(
+    fleet: Fleet, encoder: SpectrumEncoder
+) -> None:
+    fleet.gateways["gw-b"].kill9()
+    queries = fleet.libraries.queries["window"]
+    answer, took = fleet.requester.ask(
+        f"{fleet.prefix}/fleet/search", _search("window", queries, 10), timeout=10
+    )
+    assert took < DEADLINE_S + 1.0, took
+    assert answer["partial"] is True
+    assert answer["missing_shards"] == ["shard-01", "shard-02"]
+    assert {m["code"] for m in answer["missing"].values()} == {"no_reply"}
+    assert answer["answered_shards"] == ["shard-00"]
+    with open_current(fleet.libraries.root, shards=["shard-00"]) as part:
+        assert _answer_triples(answer) == _triples(part, "window", queries, 10)
+    print(
+        f"gw-b dead: answered in {took:.2f} s (deadline {DEADLINE_S} s), missing shard-01, shard-02"
+    )
