@@ -33,7 +33,7 @@ from faultline.agent.prometheus import AgentView, MetricsServer
 from faultline.agent.questions.answer import ANSWER_SCHEMA, Answer
 from faultline.agent.questions.history import AlertNote, AssetHistory
 from faultline.agent.questions.parse import Question, QuestionError
-from faultline.agent.questions.worker import QuestionWorker
+from faultline.agent.questions.worker import Found, QuestionWorker
 from faultline.agent.reports.facts import facts_from
 from faultline.agent.reports.worker import ReportOffer, ReportPolicy, ReportWorker
 from faultline.agent.reports.writer import ModelFile, default_model
@@ -310,17 +310,14 @@ class Agent:
         )
         self.outbox.attach(self._send)
         self.history = AssetHistory()
+        self.shard_holder, self.coordinator = self._fleet_from_settings(settings)
         self.questions = QuestionWorker(
             knowledge=self._open_knowledge,
             knowledge_key=lambda: self.library.current.path,
             history=self.history,
             reply=self._publish_answer,
-            signatures=lambda q: [
-                (str(h["id"]), str(h["description"]))
-                for h in self.library.current.search_text(q, 20, any_word=True)
-            ],
+            signatures=self._question_signatures,
         )
-        self.shard_holder, self.coordinator = self._fleet_from_settings(settings)
         self.reports = report_worker_from_settings(
             settings,
             agent_id=self.client_id,
@@ -513,7 +510,7 @@ class Agent:
             self.transport.ack(message)
 
         if self.coordinator is not None:
-            if message.topic == self.topics.fleet_search:
+            if message.topic == self.topics.fleet_search and self.settings.fleet.coordinate:
                 self.coordinator.offer(message, ack)
                 return True
             if message.topic == self.topics.fleet_replies:
@@ -730,6 +727,11 @@ class Agent:
                 asset=answer.asset,
                 citations=answer.citations,
             )
+            if answer.missing_shards is not None:
+                # Its signature search went over the fleet: say which shards it lacked.
+                body.update(
+                    missing_shards=answer.missing_shards, partial=bool(answer.missing_shards)
+                )
         self._send_answer(message, topic, body, ack)
 
     def _send_answer(
@@ -769,26 +771,40 @@ class Agent:
             limits=limits,
             queue_size=fleet.queue_size,
         )
-        coordinator = (
-            Coordinator(
-                library=lambda: self.library.current,
-                shard_topic=self.topics.shard_search,
-                send_request=self._send_shard_request,
-                reply=self._publish_search_answer,
-                limits=limits,
-                deadline_s=fleet.deadline_s,
-                max_pending=fleet.max_pending,
-            )
-            if fleet.coordinate
-            else None
+        # Every member can scatter (its questions' signature search); `coordinate` only
+        # says whether it also takes searches from <prefix>/fleet/search.
+        coordinator = Coordinator(
+            library=lambda: self.library.current,
+            shard_topic=self.topics.shard_search,
+            send_request=self._send_shard_request,
+            reply=self._publish_search_answer,
+            limits=limits,
+            deadline_s=fleet.deadline_s,
+            max_pending=fleet.max_pending,
         )
         return holder, coordinator
+
+    def _question_signatures(self, question: str) -> Found:
+        """The signature descriptions a question matches: over every shard of the fleet
+        when fleet search is on (naming shards that did not reply), else the shards here."""
+        if self.coordinator is None:
+            hits = self.library.current.search_text(question, 20, any_word=True)
+            return Found([(str(h["id"]), str(h["description"])) for h in hits])
+        body = self.coordinator.search_text(question, 20)
+        results = body["results"]
+        assert isinstance(results, list)
+        missing = body["missing_shards"]
+        assert isinstance(missing, list)
+        return Found(
+            [(str(h["id"]), str(h["description"])) for h in results[0]],
+            [str(s) for s in missing],
+        )
 
     def _subscribe_fleet(self) -> None:
         if self.shard_holder is None:
             return
         filters = self.topics.fleet_subscriptions(
-            self.library.current.shards, coordinate=self.coordinator is not None
+            self.library.current.shards, coordinate=self.settings.fleet.coordinate
         )
         self.transport.subscribe(filters, qos=1)
 

@@ -804,7 +804,8 @@ class FleetSettings(_Section):
     )
     coordinate: bool = Field(
         default=True,
-        description="Take fleet searches from <prefix>/fleet/search (false: only hold shards).",
+        description="Take fleet searches from <prefix>/fleet/search (false: hold shards and "
+        "scatter only this gateway's own questions).",
     )
     group: str = Field(
         default="faultline-fleet",

@@ -43,7 +43,7 @@ from faultline.fault_library.physics import (
     FamilyRule,
     rules_from_dict,
 )
-from faultline.fault_library.shards import merge_topk, owner
+from faultline.fault_library.shards import merge_ranked, merge_topk, owner
 from faultline.fault_library.signing import (
     SignatureError,
     SigningKey,
@@ -309,13 +309,24 @@ class FaultLibrary:
         self, query: str, limit: int = 10, *, any_word: bool = False
     ) -> list[dict[str, Any]]:
         """FTS5 over descriptions in every loaded shard, merged by bm25 rank (lower first)."""
-        hits = [
-            {**hit, "shard": name}
-            for name, shard in self._shards.items()
-            for hit in shard.store.search_text(query, limit, any_word=any_word)
+        parts = [
+            self.search_text_shard(name, query, limit, any_word=any_word) for name in self._shards
         ]
-        hits.sort(key=lambda h: (float(h.get("rank") or 0.0), str(h["id"])))
-        return hits[:limit]
+        return merge_ranked(parts, limit)
+
+    def search_text_shard(
+        self, shard: str, query: str, limit: int = 10, *, any_word: bool = False
+    ) -> list[dict[str, Any]]:
+        """One loaded shard's full-text hits (+ ``shard``), best first."""
+        held = self._shards.get(shard)
+        if held is None:
+            raise LibraryError(
+                f"shard {shard} is not loaded here (loaded: {', '.join(self._shards)})"
+            )
+        return [
+            {**hit, "shard": shard}
+            for hit in held.store.search_text(query, limit, any_word=any_word)
+        ]
 
     # -- raw contents (for deriving a new version) ----------------------------------------
     def export(self, view: str) -> tuple[npt.NDArray[np.float32], list[dict[str, Any]]]:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
-from typing import Final, NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,7 @@ __all__ = [
     "MergedHit",
     "assign",
     "check_shard_names",
+    "merge_ranked",
     "merge_topk",
     "owner",
     "partition",
@@ -149,3 +150,15 @@ def merge_topk(
             )
         out.append(hits)
     return out
+
+
+RankedHit = TypeVar("RankedHit", bound=Mapping[str, Any])
+
+
+def merge_ranked(parts: Iterable[Iterable[RankedHit]], limit: int) -> list[RankedHit]:
+    """Merge per-shard full-text hits (``rank``: FTS5 bm25, lower is better) into the best
+    ``limit``: rank ascending, then id, so the order never depends on the sharding. Each
+    shard's own best ``limit`` holds every hit of the merged best ``limit``."""
+    hits = [hit for part in parts for hit in part]
+    hits.sort(key=lambda h: (float(h.get("rank") or 0.0), str(h["id"])))
+    return hits[:limit]

@@ -38,11 +38,16 @@ from faultline.agent.fleet.protocol import (
     parse_reply,
     parse_request,
 )
+from faultline.agent.questions.history import AssetHistory
+from faultline.agent.questions.parse import Question
+from faultline.agent.questions.worker import Found, QuestionWorker
 from faultline.agent.transport.broker import MosquittoProcess
 from faultline.encoders.dsp import magnitude_spectrum
 from faultline.encoders.spectrum import SpectrumEncoder
+from faultline.encoders.text import TextEncoder
 from faultline.fault_library.builder import build_library
 from faultline.fault_library.catalog import read_manifest
+from faultline.fault_library.knowledge_store import KNOWLEDGE_FILE, KnowledgeBase
 from faultline.fault_library.library import FaultLibrary, open_current
 from faultline.fault_library.recordings import iter_windows, read_recording
 from tests.collector import Collector
@@ -170,6 +175,36 @@ def test_gathered_replies_merge_to_the_one_library_answer_and_name_what_is_missi
         assert other.failures["shard-01"].code == "version_mismatch"
 
 
+QUESTION = "Do we have recordings of ball faults at 0.007 in?"
+
+
+def test_text_searches_merge_like_one_library_and_keep_the_bounds(libraries: Libraries) -> None:
+    with open_current(libraries.root) as whole:
+        empty = np.zeros((0, 1), np.float32)
+        request = SearchRequest("window", 20, empty, whole.version, text=QUESTION)
+        gather = Gather(request, whole.all_shards, 0.0, 1.0)
+        for shard in whole.all_shards:
+            hits = whole.search_text_shard(shard, QUESTION, 20, any_word=True)
+            wire = encode_reply(shard, "gw", hits, whole.version)
+            reply, version = parse_reply(wire, max_bytes=1 << 20, n_queries=0, k=20, text=True)
+            gather.add(shard, reply, version)
+        answer = gather.answer(0.1, DEADLINE_S)
+        expected = whole.search_text(QUESTION, 20, any_word=True)
+        got = answer["results"][0]
+        assert [(h["id"], h["rank"], h["shard"]) for h in got] == [
+            (h["id"], h["rank"], h["shard"]) for h in expected
+        ]
+        assert len({h["shard"] for h in got}) == 3  # the best hits come from every shard
+    for payload, code in (
+        (b'{"text": ""}', "bad_text"),
+        (json.dumps({"text": "x" * 501}).encode(), "bad_text"),
+        (b'{"text": "ball", "vectors": [[0.1, 0.2]]}', "bad_request"),
+    ):
+        with pytest.raises(FleetError) as refused:
+            parse_request(payload, LIMITS, {"window": 2})
+        assert refused.value.code == code
+
+
 def test_a_malformed_reply_is_refused() -> None:
     for payload in (b"{", b'{"ids": [["a"]], "labels": [["x"]], "scores": [[NaN]]}'):
         with pytest.raises(FleetError) as refused:
@@ -186,7 +221,7 @@ class Requester:
 
     def __init__(self, port: int) -> None:
         self.inbox = f"replies/{uuid.uuid4().hex[:8]}"
-        self._replies: dict[bytes, tuple[dict[str, Any], float]] = {}
+        self._replies: dict[bytes, list[tuple[dict[str, Any], float]]] = {}
         self._cond = threading.Condition()
         subscribed = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -200,13 +235,21 @@ class Requester:
     def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
         correlation = bytes(getattr(message.properties, "CorrelationData", b"") or b"")
         with self._cond:
-            self._replies[correlation] = (json.loads(message.payload), time.monotonic())
+            self._replies.setdefault(correlation, []).append(
+                (json.loads(message.payload), time.monotonic())
+            )
             self._cond.notify_all()
 
     def ask(
         self, topic: str, payload: bytes, timeout: float = 30.0
     ) -> tuple[dict[str, Any], float]:
         """The reply and the seconds it took."""
+        return self.ask_all(topic, payload, 1, timeout)[0]
+
+    def ask_all(
+        self, topic: str, payload: bytes, count: int, timeout: float = 30.0
+    ) -> list[tuple[dict[str, Any], float]]:
+        """The first ``count`` replies (several gateways may answer) and when each came."""
         correlation = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.inbox
@@ -214,10 +257,11 @@ class Requester:
         sent = time.monotonic()
         self._client.publish(topic, payload, qos=1, properties=props).wait_for_publish(5)
         with self._cond:
-            if not self._cond.wait_for(lambda: correlation in self._replies, timeout):
-                raise AssertionError(f"no reply on {topic} within {timeout} s")
-            body, arrived = self._replies[correlation]
-        return body, arrived - sent
+            if not self._cond.wait_for(
+                lambda: len(self._replies.get(correlation, [])) >= count, timeout
+            ):
+                raise AssertionError(f"not {count} replies on {topic} within {timeout} s")
+            return [(body, arrived - sent) for body, arrived in self._replies[correlation]]
 
     def close(self) -> None:
         self._client.loop_stop()
@@ -351,6 +395,42 @@ def test_malformed_searches_and_shard_requests_get_an_error_reply(fleet: Fleet) 
 
 
 @pytest.mark.slow
+def test_a_question_cites_signatures_of_every_shard_like_one_library(
+    fleet: Fleet, encoder: SpectrumEncoder
+) -> None:
+    """``<prefix>/query`` is not shared here, so both gateways answer: each scatters the
+    question's signature search over the fleet, so both cite what one gateway holding every
+    shard would cite, though neither holds them all."""
+    replies = fleet.requester.ask_all(f"{fleet.prefix}/query", QUESTION.encode(), 2)
+    answers = {body["agent_id"]: body for body, _took in replies}
+    assert set(answers) == {"gw-a", "gw-b"}
+    with open_current(fleet.libraries.root, expected_model_id=encoder.model_id) as whole:
+
+        def everything(question: str) -> Found:
+            hits = whole.search_text(question, 20, any_word=True)
+            return Found([(str(h["id"]), str(h["description"])) for h in hits])
+
+        worker = QuestionWorker(
+            knowledge=lambda: KnowledgeBase(whole.path / KNOWLEDGE_FILE, TextEncoder()),
+            knowledge_key=lambda: whole.path,
+            history=AssetHistory(),
+            reply=lambda *_a: None,
+            signatures=everything,
+        )
+        alone = worker.answer(Question(QUESTION, None, None, None))
+        cited = [c["id"] for c in alone.citations if c["kind"] == "signature"]
+        assert cited, alone
+        for agent, answer in answers.items():
+            assert answer["partial"] is False, answer
+            assert answer["missing_shards"] == []
+            assert answer["answer"] == alone.text, agent
+            assert [c["id"] for c in answer["citations"]] == [c["id"] for c in alone.citations]
+        shards = {row["shard"] for row in whole.describe(cited)}
+        assert shards - {"shard-00"}, "gw-a cites a signature it does not hold"
+    print(f"question cites {cited} (shards {sorted(shards)}) from both gateways")
+
+
+@pytest.mark.slow
 def test_a_dead_shard_holder_is_named_within_the_deadline(
     fleet: Fleet, encoder: SpectrumEncoder
 ) -> None:
@@ -369,3 +449,10 @@ def test_a_dead_shard_holder_is_named_within_the_deadline(
     print(
         f"gw-b dead: answered in {took:.2f} s (deadline {DEADLINE_S} s), missing shard-01, shard-02"
     )
+    # A question's signature search says the same: answered, with what it lacked named.
+    answer, took = fleet.requester.ask(f"{fleet.prefix}/query", QUESTION.encode(), timeout=10)
+    assert answer["agent_id"] == "gw-a"
+    assert took < DEADLINE_S + 1.0, took
+    assert answer["partial"] is True
+    assert answer["missing_shards"] == ["shard-01", "shard-02"]
+    print(f"question with gw-b dead: answered in {took:.2f} s, missing {answer['missing_shards']}")

@@ -18,6 +18,7 @@ thread ends the searches whose deadline passed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -26,17 +27,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from faultline.agent.fleet.gather import Gather
 from faultline.agent.fleet.protocol import (
     FleetError,
     SearchLimits,
     SearchRequest,
+    ShardReply,
     encode_request,
     parse_reply,
     parse_request,
 )
 from faultline.agent.transport.mqtt import InboundMessage
-from faultline.fault_library.library import FaultLibrary, ShardTopK
+from faultline.fault_library.library import FaultLibrary
 
 __all__ = ["Coordinator", "Reply", "SendRequest"]
 
@@ -53,8 +57,10 @@ Reply = Callable[
 @dataclass(slots=True)
 class _Pending:
     gather: Gather
-    message: InboundMessage
-    ack: Callable[[], None]
+    message: InboundMessage | None  # None: asked by this gateway (a question's thread)
+    ack: Callable[[], None] | None
+    done: threading.Event | None = None
+    answer: dict[str, object] | None = None
 
 
 class Coordinator:
@@ -121,39 +127,58 @@ class Coordinator:
             self._count("rejected")
             self._reply(message, None, _error(exc), ack)
             return
-        # The coordinator's own version: holders on another one say so (version_mismatch).
-        request = SearchRequest(
-            request.view,
-            request.k,
-            request.vectors,
-            library.version,
-            request.reply_to,
-            request.correlation_id,
-        )
-        shards = library.all_shards
-        rid = uuid.uuid4().hex
-        now = time.monotonic()
-        with self._lock:
-            full = self._stopping or len(self._pending) >= self._max_pending
-            if not full:
-                gather = Gather(request, shards, now, now + self.deadline_s)
-                self._pending[rid] = _Pending(gather, message, ack)
-                self._wake.notify_all()
-        if full:
+        if self._scatter(request, message, ack) is None:
             self._count("busy")
             busy = FleetError("busy", "too many fleet searches waiting; ask again shortly")
             self._reply(message, request, _error(busy), ack)
-            return
+
+    def search_text(self, text: str, k: int) -> dict[str, object]:
+        """Full-text search of every shard's signature descriptions, for a question being
+        answered here: blocks the caller's thread (never paho's) until the answer, at most
+        the deadline. Raises ``FleetError`` (busy) when ``max_pending`` searches wait."""
+        library = self._library()
+        empty = np.zeros((0, 1), np.float32)
+        request = SearchRequest(library.views[0], k, empty, library.version, text=text)
+        pending = self._scatter(request, None, None, threading.Event())
+        if pending is None or pending.done is None:
+            raise FleetError("busy", "too many fleet searches waiting")
+        if not pending.done.wait(self.deadline_s + 5.0):
+            self._finish(pending.gather.id)
+        if pending.answer is None:
+            raise FleetError("no_answer", "the fleet search ended without an answer")
+        return pending.answer
+
+    def _scatter(
+        self,
+        request: SearchRequest,
+        message: InboundMessage | None,
+        ack: Callable[[], None] | None,
+        done: threading.Event | None = None,
+    ) -> _Pending | None:
+        """Register the search and send one request per shard (None: no room)."""
+        library = self._library()
+        # The coordinator's own version: holders on another one say so (version_mismatch).
+        request = dataclasses.replace(request, version=library.version)
+        shards = library.all_shards
+        rid = uuid.uuid4().hex
+        now = time.monotonic()
+        gather = Gather(request, shards, now, now + self.deadline_s, rid)
+        pending = _Pending(gather, message, ack, done)
+        with self._lock:
+            if self._stopping or len(self._pending) >= self._max_pending:
+                return None
+            self._pending[rid] = pending
+            self._wake.notify_all()
         body = encode_request(request)
         expiry = max(1, math.ceil(self.deadline_s))
         for shard in shards:
+            correlation = f"{rid}:{shard}".encode()
             try:
-                self._send_request(
-                    self._shard_topic(shard), body, f"{rid}:{shard}".encode(), expiry
-                )
+                self._send_request(self._shard_topic(shard), body, correlation, expiry)
             except Exception as exc:  # a full client queue: that shard is missing, say why
                 log.warning("fleet search %s: request to %s not sent: %s", rid, shard, exc)
                 self._add(rid, shard, FleetError("not_sent", str(exc)[:200]), None)
+        return pending
 
     # -- a holder's reply (paho's thread) --------------------------------------------------
     def on_reply(self, message: InboundMessage) -> None:
@@ -171,6 +196,7 @@ class Coordinator:
                 max_bytes=self._limits.max_payload_bytes,
                 n_queries=len(request.vectors),
                 k=request.k,
+                text=request.text is not None,
             )
         except FleetError as exc:
             self._count("bad_replies")
@@ -178,7 +204,7 @@ class Coordinator:
         self._add(rid, shard, reply, version)
 
     def _add(
-        self, rid: str, shard: str, reply: ShardTopK | FleetError, version: str | None
+        self, rid: str, shard: str, reply: ShardReply | FleetError, version: str | None
     ) -> None:
         with self._lock:
             pending = self._pending.get(rid)
@@ -197,7 +223,11 @@ class Coordinator:
         if body["partial"]:
             self._count("partial")
             log.info("fleet search answered without shards %s", body["missing_shards"])
-        self._reply(pending.message, pending.gather.request, body, pending.ack)
+        if pending.done is not None:
+            pending.answer = body
+            pending.done.set()
+        elif pending.message is not None and pending.ack is not None:
+            self._reply(pending.message, pending.gather.request, body, pending.ack)
 
     def _expire_loop(self) -> None:
         while True:

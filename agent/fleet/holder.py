@@ -20,12 +20,13 @@ from faultline.agent.fleet.protocol import (
     FleetError,
     SearchLimits,
     SearchRequest,
+    ShardReply,
     encode_reply,
     parse_request,
 )
 from faultline.agent.queue_thread import QueueThread
 from faultline.agent.transport.mqtt import InboundMessage
-from faultline.fault_library.library import FaultLibrary, ShardTopK
+from faultline.fault_library.library import FaultLibrary
 
 __all__ = ["HolderJob", "SendReply", "ShardHolder"]
 
@@ -91,7 +92,11 @@ class ShardHolder(QueueThread[HolderJob]):
     def handle(self, job: HolderJob) -> None:
         library = self._library()
         request = job.request
-        found = library.search_shard(job.shard, request.view, request.vectors, request.k)
+        found: ShardReply = (
+            library.search_text_shard(job.shard, request.text, request.k, any_word=True)
+            if request.text is not None
+            else library.search_shard(job.shard, request.view, request.vectors, request.k)
+        )
         self._count("answered")
         self._answer(job.shard, job.message, request, found, library.version, job.ack)
 
@@ -104,7 +109,7 @@ class ShardHolder(QueueThread[HolderJob]):
         shard: str,
         message: InboundMessage,
         request: SearchRequest | None,
-        answer: ShardTopK | FleetError,
+        answer: ShardReply | FleetError,
         version: str | None,
         ack: Callable[[], None],
     ) -> None:

@@ -5,6 +5,10 @@ A fleet search and the per-shard request it is scattered into have the same JSON
     {"view": "window" | "spectrum", "k": 10, "vectors": [[256 floats], ...],
      "version": "<library version>"?, "reply_to": str?, "correlation_id": str?}
 
+or, for the signature descriptions a question cites, ``{"text": "ball fault 0.014", "k":
+20, ...}`` (full text, any of the content words; hits merged by bm25 rank as a gateway
+holding every shard merges them).
+
 ``reply_to`` and ``correlation_id`` are for an MQTT 3.1.1 client; with MQTT 5 the response
 topic and correlation data are properties, as for questions. A shard holder answers with
 its own top-k (``faultline.shard_reply/1``), the coordinator merges them into one
@@ -38,6 +42,7 @@ __all__ = [
     "FleetError",
     "SearchLimits",
     "SearchRequest",
+    "ShardReply",
     "encode_reply",
     "encode_request",
     "parse_reply",
@@ -48,6 +53,11 @@ SEARCH_SCHEMA = "faultline.search/1"
 REPLY_SCHEMA = "faultline.shard_reply/1"
 _TOPIC = re.compile(r"^[^#+\x00]{1,200}$")
 _TEXT_MAX = 200  # characters of an id, label, version or correlation id
+_QUERY_MAX = 500  # characters of a text search (a question's length)
+_DESCRIPTION_MAX = 2000
+
+ShardReply = ShardTopK | list[dict[str, Any]]
+"""A holder's answer: top-k per query vector, or full-text hits (id, description, rank)."""
 
 
 class FleetError(ValueError):
@@ -74,6 +84,7 @@ class SearchRequest:
     version: str | None = None
     reply_to: str | None = None
     correlation_id: str | None = None
+    text: str | None = None  # a full-text search instead of vectors
 
 
 def parse_request(payload: bytes, limits: SearchLimits, dims: Mapping[str, int]) -> SearchRequest:
@@ -86,7 +97,15 @@ def parse_request(payload: bytes, limits: SearchLimits, dims: Mapping[str, int])
     k = body.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
         raise FleetError("bad_k", f"'k' must be an integer from 1 to {limits.max_k}")
-    vectors = _vectors(body.get("vectors"), limits.max_queries, dims[view])
+    text = body.get("text")
+    if text is None:
+        vectors = _vectors(body.get("vectors"), limits.max_queries, dims[view])
+    elif "vectors" in body:
+        raise FleetError("bad_request", "a search has 'vectors' or 'text', not both")
+    elif not isinstance(text, str) or not text.strip() or len(text) > _QUERY_MAX:
+        raise FleetError("bad_text", f"'text' must be 1 to {_QUERY_MAX} characters")
+    else:
+        vectors = np.zeros((0, dims[view]), np.float32)
     reply_to = _text(body, "reply_to")
     if reply_to is not None and not _TOPIC.match(reply_to):
         raise FleetError("bad_reply_to", "reply_to must be a topic without wildcards")
@@ -97,22 +116,22 @@ def parse_request(payload: bytes, limits: SearchLimits, dims: Mapping[str, int])
         version=_text(body, "version"),
         reply_to=reply_to,
         correlation_id=_text(body, "correlation_id"),
+        text=text,
     )
 
 
 def encode_request(request: SearchRequest) -> bytes:
     """The body a coordinator sends each shard (no reply_to: MQTT 5 properties carry it)."""
-    body = {
-        "view": request.view,
-        "k": request.k,
-        "vectors": request.vectors.astype(np.float64).tolist(),
-        "version": request.version,
-    }
+    body: dict[str, object] = {"view": request.view, "k": request.k, "version": request.version}
+    if request.text is not None:
+        body["text"] = request.text
+    else:
+        body["vectors"] = request.vectors.astype(np.float64).tolist()
     return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
 
 
 def encode_reply(
-    shard: str, agent_id: str, answer: ShardTopK | FleetError, version: str | None
+    shard: str, agent_id: str, answer: ShardReply | FleetError, version: str | None
 ) -> bytes:
     body: dict[str, object] = {
         "schema": REPLY_SCHEMA,
@@ -122,6 +141,11 @@ def encode_reply(
     }
     if isinstance(answer, FleetError):
         body["error"] = {"code": answer.code, "reason": answer.message}
+    elif isinstance(answer, list):
+        body["hits"] = [
+            {"id": h["id"], "description": h.get("description"), "rank": h.get("rank")}
+            for h in answer
+        ]
     else:
         body["ids"] = answer.ids.tolist()
         body["labels"] = answer.labels.tolist()
@@ -130,8 +154,8 @@ def encode_reply(
 
 
 def parse_reply(
-    payload: bytes, *, max_bytes: int, n_queries: int, k: int
-) -> tuple[ShardTopK | FleetError, str | None]:
+    payload: bytes, *, max_bytes: int, n_queries: int, k: int, text: bool = False
+) -> tuple[ShardReply | FleetError, str | None]:
     """A holder's reply: its top-k (at most ``k`` per query, one row per query) or the
     error it reported, and the library version it searched. A reply that breaks the
     format raises ``FleetError`` (``bad_reply``)."""
@@ -148,6 +172,8 @@ def parse_reply(
             raise FleetError("bad_reply", "'error' must be an object")
         code, reason = error.get("code"), error.get("reason")
         return FleetError(str(code)[:_TEXT_MAX], str(reason)[:400]), version
+    if text:
+        return _hits(body.get("hits"), k), version
     ids = _rows(body.get("ids"), n_queries, k, "ids", str)
     labels = _rows(body.get("labels"), n_queries, k, "labels", str)
     scores = _rows(body.get("scores"), n_queries, k, "scores", float)
@@ -209,6 +235,27 @@ def _vectors(value: object, max_queries: int, dim: int) -> npt.NDArray[np.float3
     if not np.all(np.abs(array) <= np.finfo(np.float32).max):
         raise FleetError("bad_vectors", f"{expected} (within float32 range)")
     return array.astype(np.float32)
+
+
+def _hits(value: object, k: int) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or len(value) > k:
+        raise FleetError("bad_reply", f"'hits' must be a list of at most {k}")
+    out = []
+    for hit in value:
+        ok = (
+            isinstance(hit, dict)
+            and isinstance(hit.get("id"), str)
+            and len(hit["id"]) <= _TEXT_MAX
+            and isinstance(hit.get("description"), str)
+            and len(hit["description"]) <= _DESCRIPTION_MAX
+            and isinstance(hit.get("rank"), int | float)
+            and not isinstance(hit.get("rank"), bool)
+            and math.isfinite(hit["rank"])
+        )
+        if not ok:
+            raise FleetError("bad_reply", "a hit is {id, description, rank}")
+        out.append({"id": hit["id"], "description": hit["description"], "rank": hit["rank"]})
+    return out
 
 
 def _rows(value: object, n_queries: int, k: int, key: str, kind: type) -> list[list[Any]]:

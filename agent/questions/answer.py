@@ -33,6 +33,9 @@ class Answer:
     known: bool
     asset: str | None
     citations: list[dict[str, Any]] = field(default_factory=list)
+    # Shards whose signature descriptions a fleet search could not reach (None: the
+    # gateway searched only its own shards, without the fleet).
+    missing_shards: list[str] | None = None
 
 
 def find_asset(question: Question, assets: Sequence[str]) -> str | None:

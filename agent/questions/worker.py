@@ -8,6 +8,7 @@ version changes. The queue is bounded: a full queue answers "busy" at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -22,7 +23,7 @@ from faultline.agent.queue_thread import QueueThread
 from faultline.agent.transport.mqtt import InboundMessage
 from faultline.fault_library.knowledge_store import KnowledgeBase
 
-__all__ = ["QuestionJob", "QuestionWorker"]
+__all__ = ["Found", "QuestionJob", "QuestionWorker"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,15 @@ class QuestionJob:
     message: InboundMessage
     question: Question
     ack: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """Signature descriptions a question matched: ``(id, description)``, best first, and
+    the shards a fleet search could not reach (None: searched here only)."""
+
+    hits: list[tuple[str, str]]
+    missing_shards: list[str] | None = None
 
 
 SIGNATURE_MIN_COSINE = 0.45
@@ -56,7 +66,7 @@ class QuestionWorker(QueueThread[QuestionJob]):
         knowledge_key: Callable[[], Path | None],
         history: AssetHistory,
         reply: Reply,
-        signatures: Callable[[str], list[tuple[str, str]]] = lambda _q: [],
+        signatures: Callable[[str], Found] = lambda _q: Found([]),
         queue_size: int = 32,
     ) -> None:
         super().__init__("faultline-questions", queue_size)
@@ -102,17 +112,20 @@ class QuestionWorker(QueueThread[QuestionJob]):
         relevant = kb.relevant(hits) if kb is not None else False
         asset = find_asset(question, self._history.assets())
         notes = self._history.of(asset) if asset else []
-        matches = self._matching_signatures(kb, question.text) if kb is not None else []
+        matches, missing = (
+            self._matching_signatures(kb, question.text) if kb is not None else ([], None)
+        )
         answer = compose_answer(
             question, asset=asset, notes=notes, hits=hits, relevant=relevant, signatures=matches
         )
+        answer = dataclasses.replace(answer, missing_shards=missing)
         with self._lock:
             self.counts["answered" if answer.known else "unknown"] += 1
         return answer
 
     def _matching_signatures(
         self, kb: KnowledgeBase, question: str
-    ) -> list[tuple[str, str, float]]:
+    ) -> tuple[list[tuple[str, str, float]], list[str] | None]:
         """The library's recordings a question is about: BM25 candidates over the signature
         descriptions, re-ranked by MiniLM, one per recording, kept above
         ``SIGNATURE_MIN_COSINE`` (a description is short and formulaic: a higher bar than
@@ -121,19 +134,19 @@ class QuestionWorker(QueueThread[QuestionJob]):
             found = self._signatures(question)
         except Exception as exc:  # the library's text search must not cost the answer
             log.warning("library description search failed: %s", exc)
-            return []
+            return [], None
         distinct: dict[str, tuple[str, str]] = {}
-        for signature_id, description in found:
+        for signature_id, description in found.hits:
             distinct.setdefault(recording_of(description), (signature_id, description))
         if not distinct:
-            return []
+            return [], found.missing_shards
         candidates = list(distinct.values())
         cosines = kb.similarity(question, [d for _i, d in candidates])
         ranked = sorted(
             ((i, d, c) for (i, d), c in zip(candidates, cosines, strict=True)),
             key=lambda t: -t[2],
         )
-        return [t for t in ranked if t[2] >= SIGNATURE_MIN_COSINE][:2]
+        return [t for t in ranked if t[2] >= SIGNATURE_MIN_COSINE][:2], found.missing_shards
 
     def _current_knowledge(self) -> KnowledgeBase | None:
         key = self._knowledge_key()

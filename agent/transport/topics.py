@@ -118,12 +118,11 @@ class Topics:
     def fleet_subscriptions(self, shards: tuple[str, ...], *, coordinate: bool) -> list[str]:
         """What a fleet member subscribes to: the held shards' request topics and, when it
         coordinates, the fleet's search topic, both shared in ``fleet_group``; its own
-        reply inbox, not shared."""
+        reply inbox (its questions scatter too), not shared."""
         group = f"{SHARED_PREFIX}{self.fleet_group}/"
         held = [f"{group}{self.shard_search(s)}" for s in shards]
-        if not coordinate:
-            return held
-        return [*held, f"{group}{self.fleet_search}", self.fleet_replies]
+        searches = [f"{group}{self.fleet_search}"] if coordinate else []
+        return [*held, *searches, self.fleet_replies]
 
     @property
     def errors(self) -> str:
