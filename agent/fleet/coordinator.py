@@ -191,7 +191,7 @@ class Coordinator:
             return
         self._count("replies")
         try:
-            reply, version = parse_reply(
+            reply, version, agent_id = parse_reply(
                 message.payload,
                 max_bytes=self._limits.max_payload_bytes,
                 n_queries=len(request.vectors),
@@ -200,15 +200,20 @@ class Coordinator:
             )
         except FleetError as exc:
             self._count("bad_replies")
-            reply, version = exc, None
-        self._add(rid, shard, reply, version)
+            reply, version, agent_id = exc, None, None
+        self._add(rid, shard, reply, version, agent_id)
 
     def _add(
-        self, rid: str, shard: str, reply: ShardReply | FleetError, version: str | None
+        self,
+        rid: str,
+        shard: str,
+        reply: ShardReply | FleetError,
+        version: str | None,
+        agent_id: str | None = None,
     ) -> None:
         with self._lock:
             pending = self._pending.get(rid)
-            done = pending is not None and pending.gather.add(shard, reply, version)
+            done = pending is not None and pending.gather.add(shard, reply, version, agent_id)
         if done:
             self._finish(rid)
 

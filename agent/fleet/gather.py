@@ -30,10 +30,19 @@ class Gather:
     id: str = ""  # the request id a coordinator put in the correlation data
     replies: dict[str, ShardReply] = field(default_factory=dict)
     failures: dict[str, FleetError] = field(default_factory=dict)
+    holders: dict[str, str] = field(default_factory=dict)  # shard -> the agent that replied
 
-    def add(self, shard: str, reply: ShardReply | FleetError, version: str | None) -> bool:
+    def add(
+        self,
+        shard: str,
+        reply: ShardReply | FleetError,
+        version: str | None,
+        agent_id: str | None = None,
+    ) -> bool:
         """Record a shard's reply (the first one counts); True when every shard is in."""
         if shard in self.shards and shard not in self.replies and shard not in self.failures:
+            if agent_id is not None:
+                self.holders[shard] = agent_id
             if isinstance(reply, FleetError):
                 self.failures[shard] = reply
             elif self.request.version is not None and version != self.request.version:
@@ -74,6 +83,7 @@ class Gather:
             "answered_shards": answered,
             "missing_shards": list(missing),
             "missing": missing,
+            "holders": dict(self.holders),
             "partial": bool(missing),
             "results": results,
             "elapsed_ms": round((now - self.started) * 1000.0, 1),

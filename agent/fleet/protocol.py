@@ -29,7 +29,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,7 @@ __all__ = [
     "REPLY_SCHEMA",
     "SEARCH_SCHEMA",
     "FleetError",
+    "ParsedReply",
     "SearchLimits",
     "SearchRequest",
     "ShardReply",
@@ -153,12 +154,18 @@ def encode_reply(
     return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
 
 
+class ParsedReply(NamedTuple):
+    answer: ShardReply | FleetError
+    version: str | None  # the library version the holder searched
+    agent_id: str | None  # which holder (replicas of a shard take turns)
+
+
 def parse_reply(
     payload: bytes, *, max_bytes: int, n_queries: int, k: int, text: bool = False
-) -> tuple[ShardReply | FleetError, str | None]:
+) -> ParsedReply:
     """A holder's reply: its top-k (at most ``k`` per query, one row per query) or the
-    error it reported, and the library version it searched. A reply that breaks the
-    format raises ``FleetError`` (``bad_reply``)."""
+    error it reported, the library version it searched and who it is. A reply that breaks
+    the format raises ``FleetError`` (``bad_reply``)."""
     try:
         body = _json_object(payload, max_bytes, "reply")
     except FleetError as exc:
@@ -166,14 +173,16 @@ def parse_reply(
     version = body.get("version")
     if version is not None and (not isinstance(version, str) or len(version) > _TEXT_MAX):
         raise FleetError("bad_reply", "'version' must be a short string")
+    agent = body.get("agent_id")
+    agent_id = agent[:_TEXT_MAX] if isinstance(agent, str) else None
     error = body.get("error")
     if error is not None:
         if not isinstance(error, dict):
             raise FleetError("bad_reply", "'error' must be an object")
         code, reason = error.get("code"), error.get("reason")
-        return FleetError(str(code)[:_TEXT_MAX], str(reason)[:400]), version
+        return ParsedReply(FleetError(str(code)[:_TEXT_MAX], str(reason)[:400]), version, agent_id)
     if text:
-        return _hits(body.get("hits"), k), version
+        return ParsedReply(_hits(body.get("hits"), k), version, agent_id)
     ids = _rows(body.get("ids"), n_queries, k, "ids", str)
     labels = _rows(body.get("labels"), n_queries, k, "labels", str)
     scores = _rows(body.get("scores"), n_queries, k, "scores", float)
@@ -181,13 +190,14 @@ def parse_reply(
     if len(width) > 1:
         raise FleetError("bad_reply", "ids, labels and scores must be equal-length rows")
     n = width.pop() if width else 0
-    return (
+    return ParsedReply(
         ShardTopK(
             scores=np.asarray(scores, dtype=np.float32).reshape(n_queries, n),
             ids=np.asarray(ids, dtype=np.str_).reshape(n_queries, n),
             labels=np.asarray(labels, dtype=np.str_).reshape(n_queries, n),
         ),
         version,
+        agent_id,
     )
 
 
