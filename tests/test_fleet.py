@@ -54,7 +54,7 @@ from faultline.fault_library.knowledge_store import KNOWLEDGE_FILE, KnowledgeBas
 from faultline.fault_library.library import FaultLibrary, open_current
 from faultline.fault_library.recordings import iter_windows, read_recording
 from tests.collector import Collector
-from tests.harness import AgentProcess, agent_process_env, wait_until
+from tests.harness import AgentProcess, agent_process_env, run_cli, wait_until
 
 RECORDS = ("97", "105", "118", "130", "106", "131")  # 4 classes, loads 0 and 1 hp
 LIMITS = SearchLimits(max_payload_bytes=65536, max_queries=8, max_k=50)
@@ -275,6 +275,7 @@ class Requester:
 
 @dataclass
 class Fleet:
+    port: int
     prefix: str
     gateways: dict[str, AgentProcess]
     requester: Requester
@@ -325,7 +326,7 @@ def fleet(libraries: Libraries, tmp_path_factory: pytest.TempPathFactory) -> Ite
             return latest == dict.fromkeys(held, "online")
 
         wait_until(online, 120, "every gateway online")
-        yield Fleet(prefix, gateways, requester, libraries)
+        yield Fleet(broker.port, prefix, gateways, requester, libraries)
         for gw, gateway in gateways.items():
             if gateway.proc is not None and gateway.proc.poll() is None:
                 assert gateway.stop(60) == 0, f"{gw}: {gateway.output()}"
@@ -442,6 +443,45 @@ def test_a_question_cites_signatures_of_every_shard_like_one_library(
         shards = {row["shard"] for row in whole.describe(cited)}
         assert shards - {"shard-00"}, "gw-a cites a signature it does not hold"
     print(f"question cites {cited} (shards {sorted(shards)}) from all three gateways")
+
+
+@pytest.mark.slow
+def test_library_search_fleet_asks_every_shard_from_the_command_line(
+    fleet: Fleet, cwru_dir: Path, encoder: SpectrumEncoder, tmp_path: Path
+) -> None:
+    """`faultline library search FILE --fleet` (and `--text ... --fleet`) as a user runs it:
+    a fresh process with the broker and prefix from the environment, no library of its own."""
+    entry = next(e for e in read_manifest(cwru_dir) if e.record_id == "118")
+    env = agent_process_env(fleet.port, fleet.prefix, tmp_path / "none", tmp_path / "data")
+    args = ["--fs", str(entry.fs), "--rpm", str(entry.rpm), "--start", "3", "--windows", "2"]
+    done = run_cli(
+        "library", "search", str(entry.path), *args, "--k", "5", "--fleet", "--json", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    rec = read_recording(entry.path, fs=entry.fs, rpm=entry.rpm)
+    windows = list(iter_windows(rec, "search", window_s=1.0, start_s=3.0))[:2]
+    with open_current(fleet.libraries.root, expected_model_id=encoder.model_id) as whole:
+        expected = whole.search("window", encoder.encode(windows), 5)
+        assert answer["partial"] is False
+        assert [[h["id"] for h in hits] for hits in answer["results"]] == [
+            [n.id for n in hits] for hits in expected
+        ]
+        assert [[h["label"] for h in hits] for hits in answer["results"]] == [
+            [n.label for n in hits] for hits in expected
+        ]
+        text = "ball 0.007"
+        done = run_cli(
+            "library", "search", "--text", text, "--k", "5", "--fleet", "--json", env=env
+        )
+        assert done.returncode == 0, done.stderr
+        hits = json.loads(done.stdout)["results"][0]
+        ranked = whole.search_text(text, 5, any_word=True)
+        assert [(h["id"], h["shard"]) for h in hits] == [(h["id"], h["shard"]) for h in ranked]
+    done = run_cli("library", "search", "--text", text, "--fleet", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "3 of 3 shards answered (coordinator gw-a" in done.stdout, done.stdout
+    print(done.stdout)
 
 
 @pytest.mark.slow

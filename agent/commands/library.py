@@ -17,6 +17,7 @@ from typing import Any
 
 from faultline.agent.app import default_library_root, encoder_from_settings
 from faultline.agent.commands.feedback import Feedback, add_feedback_args
+from faultline.agent.commands.library_fleet import fleet_search
 from faultline.agent.commands.library_report import (
     neighbour_report,
     print_info,
@@ -239,6 +240,12 @@ def _add_search(verbs: Any) -> None:
     p.add_argument("--start", type=float, default=0.0, help="first window's start in s")
     p.add_argument("--windows", type=int, default=1, help="how many windows to search")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--fleet",
+        action="store_true",
+        help="ask the fleet over MQTT (<prefix>/fleet/search): every shard, wherever held; "
+        "the answer names shards that did not reply",
+    )
     add_recording_args(p)
 
 
@@ -488,6 +495,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.k < 1 or args.windows < 1:
         return _fail("--k and --windows must be >= 1", 2)
     settings, root = _context(args)
+    if args.fleet:
+        return fleet_search(args, settings)
     encoder = encoder_from_settings(settings)
     try:
         with open_current(root, expected_model_id=None if args.text else encoder.model_id) as lib:

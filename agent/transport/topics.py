@@ -103,6 +103,10 @@ class Topics:
         """This gateway's inbox for the shard holders' replies (never shared)."""
         return f"{self.prefix}/fleet/replies/{self.client_id}"
 
+    def fleet_ask_inbox(self, token: str) -> str:
+        """Where ``library search --fleet`` waits for its one answer."""
+        return f"{self.prefix}/fleet/asks/{token}"
+
     def shard_search(self, shard: str) -> str:
         """Requests for one shard's top-k; its holders share them."""
         return f"{self.prefix}/shards/{shard}/search"
