@@ -32,6 +32,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from faultline.agent.fleet.coordinator import Coordinator
 from faultline.agent.fleet.gather import Gather
 from faultline.agent.fleet.protocol import (
     FleetError,
@@ -44,7 +45,10 @@ from faultline.agent.fleet.protocol import (
 from faultline.agent.questions.history import AssetHistory
 from faultline.agent.questions.parse import Question
 from faultline.agent.questions.worker import Found, QuestionWorker
+from faultline.agent.settings import ConfigError, load_settings
 from faultline.agent.transport.broker import MosquittoProcess
+from faultline.agent.transport.mqtt import InboundMessage
+from faultline.agent.transport.topics import build_topics
 from faultline.encoders.dsp import magnitude_spectrum
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.encoders.text import TextEncoder
@@ -531,3 +535,91 @@ def test_a_dead_shard_holder_is_named_within_the_deadline(fleet: Fleet) -> None:
     assert answer["partial"] is True
     assert answer["missing_shards"] == ["shard-01", "shard-02"]
     print(f"question: answered in {took:.2f} s, missing {answer['missing_shards']}")
+
+
+# -- bounds, in process: a coordinator whose requests reach nobody ------------------------------
+def test_a_coordinator_answers_busy_beyond_max_pending_and_partial_at_its_deadline(
+    libraries: Libraries,
+) -> None:
+    sent: list[tuple[str, bytes, int]] = []
+    answers: list[tuple[bytes | None, dict[str, object], float]] = []
+    started = time.monotonic()
+    with open_current(libraries.root) as whole:
+        coordinator = Coordinator(
+            library=lambda: whole,
+            shard_topic=lambda shard: f"p/shards/{shard}/search",
+            # Published into the void: no holder ever replies.
+            send_request=lambda topic, _body, correlation, expiry: sent.append(
+                (topic, correlation, expiry)
+            ),
+            reply=lambda message, _request, body, ack: (
+                answers.append((message.correlation_data, body, time.monotonic() - started)),
+                ack(),
+            ),
+            limits=LIMITS,
+            deadline_s=0.3,
+            max_pending=1,
+        )
+        coordinator.start()
+        acks: list[bytes] = []
+        try:
+            for n in (b"1", b"2"):
+                message = InboundMessage(
+                    topic="p/fleet/search",
+                    payload=_search("window", libraries.queries["window"][:1], 3),
+                    qos=1,
+                    retain=False,
+                    user_properties={},
+                    content_type=None,
+                    received_at=time.monotonic(),
+                    mid=int(n),
+                    correlation_data=n,
+                )
+                coordinator.offer(message, lambda n=n: acks.append(n))
+            wait_until(lambda: len(answers) == 2, 5, "both answered")
+        finally:
+            coordinator.stop()
+    # One request per shard, correlated, with the deadline as message expiry (>= 1 s).
+    assert [t for t, _c, _e in sent] == [f"p/shards/shard-0{i}/search" for i in range(3)]
+    assert len({c.split(b":")[0] for _t, c, _e in sent}) == 1
+    assert {e for _t, _c, e in sent} == {1}
+    by_id = {c: (body, at) for c, body, at in answers}
+    busy, _at = by_id[b"2"]
+    assert busy["error"]["code"] == "busy"  # type: ignore[index]
+    late, at = by_id[b"1"]
+    assert late["partial"] is True
+    assert late["missing_shards"] == ["shard-00", "shard-01", "shard-02"]
+    assert late["results"] == [[]]
+    assert 0.3 <= at < 1.0, at
+    assert sorted(acks) == [b"1", b"2"]
+    assert coordinator.status()["pending"] == 0
+
+
+def test_fleet_settings_are_bounded_and_set_by_environment_variables() -> None:
+    env = {
+        "FAULTLINE__FLEET__ENABLED": "true",
+        "FAULTLINE__FLEET__DEADLINE_S": "0.5",
+        "FAULTLINE__LIBRARY__SHARDS": "[shard-01, shard-02]",
+    }
+    settings = load_settings(None, env=env)
+    assert settings.fleet.enabled
+    assert settings.fleet.deadline_s == 0.5
+    assert settings.library.shards == ["shard-01", "shard-02"]
+    for key, value, named in (
+        ("FAULTLINE__FLEET__DEADLINE_S", "0", "fleet.deadline_s"),
+        ("FAULTLINE__FLEET__MAX_PENDING", "0", "fleet.max_pending"),
+        ("FAULTLINE__FLEET__GROUP", "a/b", "fleet.group"),
+        ("FAULTLINE__MQTT__PROTOCOL", "3.1.1", "fleet.enabled"),
+    ):
+        with pytest.raises(ConfigError, match=named.replace(".", r"\.")) as refused:
+            load_settings(None, env={**env, key: value})
+        assert key in str(refused.value) or "FAULTLINE__FLEET__ENABLED" in str(refused.value)
+    topics = build_topics("plant", "gw-1", ["{prefix}/sensors/+/window"], [], fleet_group="f")
+    assert topics.shard_of("plant/shards/shard-02/search") == "shard-02"
+    assert topics.shard_of("plant/shards/a/b/search") is None
+    assert topics.shard_of("plant/query") is None
+    assert topics.fleet_subscriptions(("shard-00",), coordinate=False) == [
+        "$share/f/plant/shards/shard-00/search",
+        "plant/fleet/replies/gw-1",
+    ]
+    assert "$share/f/plant/fleet/search" in topics.fleet_subscriptions((), coordinate=True)
