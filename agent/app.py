@@ -21,7 +21,7 @@ from types import FrameType
 from faultline.agent import __version__
 from faultline.agent.dashboard import dashboard_from_settings
 from faultline.agent.error_budget import ErrorBudget
-from faultline.agent.fleet import SEARCH_SCHEMA, Coordinator, SearchLimits, ShardHolder
+from faultline.agent.fleet import SEARCH_SCHEMA, Coordinator, FleetError, SearchLimits, ShardHolder
 from faultline.agent.fleet.protocol import SearchRequest
 from faultline.agent.health import Heartbeat
 from faultline.agent.library_watch import LibraryHolder, LibraryWatcher
@@ -787,13 +787,19 @@ class Agent:
     def _question_signatures(self, question: str) -> Found:
         """The signature descriptions a question matches: over every shard of the fleet
         when fleet search is on (naming shards that did not reply), else the shards here."""
+        library = self.library.current
         if self.coordinator is None:
-            hits = self.library.current.search_text(question, 20, any_word=True)
+            hits = library.search_text(question, 20, any_word=True)
             return Found([(str(h["id"]), str(h["description"])) for h in hits])
-        body = self.coordinator.search_text(question, 20)
-        results = body["results"]
+        try:
+            body = self.coordinator.search_text(question, 20)
+        except FleetError as exc:  # busy: the shards held here, the others named
+            log.warning("question's fleet search not sent (%s); searching here only", exc)
+            hits = library.search_text(question, 20, any_word=True)
+            elsewhere = [s for s in library.all_shards if s not in library.shards]
+            return Found([(str(h["id"]), str(h["description"])) for h in hits], elsewhere)
+        results, missing = body["results"], body["missing_shards"]
         assert isinstance(results, list)
-        missing = body["missing_shards"]
         assert isinstance(missing, list)
         return Found(
             [(str(h["id"]), str(h["description"])) for h in results[0]],
