@@ -988,9 +988,17 @@ def check_config(path: str | Path, env: Mapping[str, str] | None = None) -> tupl
         f"  topics:  {inputs}{share}",
         f"  assets:  {len(s.assets)}{assets}",
         f"  library: {s.resolved_library_path(env)}",
+        *([f"  fleet:   {_fleet_summary(s)}"] if s.fleet.enabled else []),
         f"  environment overrides: {n_env}",
     ]
     return True, "\n".join(lines)
+
+
+def _fleet_summary(s: Settings) -> str:
+    f = s.fleet
+    held = ", ".join(s.library.shards) if s.library.shards else "all"
+    role = f"coordinates (deadline {f.deadline_s:g} s)" if f.coordinate else "holds only"
+    return f"holds shards {held}, {role}, share group {f.group}"
 
 
 def _tls_summary(m: MqttSettings) -> str:

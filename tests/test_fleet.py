@@ -45,7 +45,7 @@ from faultline.agent.fleet.protocol import (
 from faultline.agent.questions.history import AssetHistory
 from faultline.agent.questions.parse import Question
 from faultline.agent.questions.worker import Found, QuestionWorker
-from faultline.agent.settings import ConfigError, load_settings
+from faultline.agent.settings import ConfigError, check_config, load_settings
 from faultline.agent.transport.broker import MosquittoProcess
 from faultline.agent.transport.mqtt import InboundMessage
 from faultline.agent.transport.topics import build_topics
@@ -605,6 +605,10 @@ def test_fleet_settings_are_bounded_and_set_by_environment_variables() -> None:
     assert settings.fleet.enabled
     assert settings.fleet.deadline_s == 0.5
     assert settings.library.shards == ["shard-01", "shard-02"]
+    default = Path(__file__).resolve().parents[1] / "config" / "default.yaml"
+    ok, summary = check_config(default, env)
+    assert ok, summary
+    assert "fleet:   holds shards shard-01, shard-02, coordinates (deadline 0.5 s)" in summary
     for key, value, named in (
         ("FAULTLINE__FLEET__DEADLINE_S", "0", "fleet.deadline_s"),
         ("FAULTLINE__FLEET__MAX_PENDING", "0", "fleet.max_pending"),
