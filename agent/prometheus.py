@@ -119,7 +119,8 @@ class AgentCollector(Collector):
         stage = HistogramMetricFamily(
             "faultline_stage_seconds",
             "Time per window in each stage of the hot path (a batch's time shared by its "
-            "windows): decode, queued, diagnose, alert, received_to_durable.",
+            "windows): decode, queued, diagnose (= encode + search + decide), alert, "
+            "received_to_durable; publish per outgoing message.",
             labels=["stage"],
         )
         for name, (cumulative, total) in sorted(self._view.stages.histograms().items()):
