@@ -234,6 +234,20 @@ class AgentCollector(Collector):
                 "Reports waiting for the writer.",
                 value=float(reports.get("queue", 0) or 0),
             )
+            made = reports.get("generation") or {}
+            for key, doc in (
+                ("prompt_tokens", "Prompt tokens the report model evaluated"),
+                ("completion_tokens", "Tokens the report model generated"),
+            ):
+                yield CounterMetricFamily(
+                    f"faultline_reports_{key}_total", f"{doc}.", value=float(made.get(key, 0))
+                )
+            yield CounterMetricFamily(
+                "faultline_reports_generation_seconds_total",
+                "Seconds the report model spent generating (tokens/s = rate of "
+                "faultline_reports_completion_tokens_total / rate of this).",
+                value=float(made.get("seconds", 0.0)),
+            )
         yield _labelled_counter(
             "faultline_questions_total",
             "Questions and outcomes.",
