@@ -600,7 +600,8 @@ class Agent:
         correlation_data: bytes | None,
     ) -> int:
         """How the outbox hands a message to the broker (QoS 1: PUBACK deletes it)."""
-        return self.transport.publish(
+        started = time.perf_counter()
+        mid = self.transport.publish(
             topic,
             payload,
             qos=1,
@@ -609,6 +610,9 @@ class Agent:
             content_type="application/json",
             correlation_data=correlation_data,
         )
+        # Every outgoing message's hand-over to paho (alerts, reports, errors, answers).
+        self.stages.add("publish", time.perf_counter() - started)
+        return mid
 
     def _publish_alert(self, diagnosis: Diagnosis) -> None:
         job = diagnosis.job

@@ -230,11 +230,18 @@ class Pipeline:
         self._counters.add("batches")
         for jobs in by_view.values():
             started = time.perf_counter()
+            timings: dict[str, float] = {}
             try:
                 results = diagnose_batch(
-                    [j.measurement for j in jobs], self._encoder, library, self._policy
+                    [j.measurement for j in jobs],
+                    self._encoder,
+                    library,
+                    self._policy,
+                    timings=timings,
                 )
                 self._stages.add("diagnose", time.perf_counter() - started, len(jobs))
+                for stage, seconds in timings.items():
+                    self._stages.add(stage, seconds, len(jobs))
             except Exception:
                 # One poisoned window must not take its batch-mates down: retry singly.
                 log.exception("batch of %d failed; retrying one by one", len(jobs))

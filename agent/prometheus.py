@@ -119,7 +119,8 @@ class AgentCollector(Collector):
         stage = HistogramMetricFamily(
             "faultline_stage_seconds",
             "Time per window in each stage of the hot path (a batch's time shared by its "
-            "windows): decode, queued, diagnose, alert, received_to_durable.",
+            "windows): decode, queued, diagnose (= encode + search + decide), alert, "
+            "received_to_durable; publish per outgoing message.",
             labels=["stage"],
         )
         for name, (cumulative, total) in sorted(self._view.stages.histograms().items()):
@@ -232,6 +233,20 @@ class AgentCollector(Collector):
                 "faultline_reports_queue_depth",
                 "Reports waiting for the writer.",
                 value=float(reports.get("queue", 0) or 0),
+            )
+            made = reports.get("generation") or {}
+            for key, doc in (
+                ("prompt_tokens", "Prompt tokens the report model evaluated"),
+                ("completion_tokens", "Tokens the report model generated"),
+            ):
+                yield CounterMetricFamily(
+                    f"faultline_reports_{key}_total", f"{doc}.", value=float(made.get(key, 0))
+                )
+            yield CounterMetricFamily(
+                "faultline_reports_generation_seconds_total",
+                "Seconds the report model spent generating (tokens/s = rate of "
+                "faultline_reports_completion_tokens_total / rate of this).",
+                value=float(made.get("seconds", 0.0)),
             )
         yield _labelled_counter(
             "faultline_questions_total",

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,6 +40,7 @@ from faultline.fault_library.signing import SignatureError, SigningKey, Trust, l
 __all__ = [
     "CONFIG_ENV",
     "AssetSettings",
+    "ConfigCheck",
     "ConfigError",
     "ConfigProblem",
     "EncoderSettings",
@@ -967,31 +969,87 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     return load_layered(Settings, default_yaml_text(), path, os.environ if env is None else env)[0]
 
 
-def check_config(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    """Validate ``path`` (plus env overrides) for ``faultline check-config``: (ok, text)."""
+@dataclass(frozen=True, slots=True)
+class ConfigCheck:
+    """What ``faultline check-config`` found: every problem, or what the agent would run
+    with. One source for its text (people) and its JSON (scripts)."""
+
+    path: str
+    problems: tuple[ConfigProblem, ...] = ()
+    summary: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def text(self) -> str:
+        if not self.ok:
+            count = len(self.problems)
+            head = f"{self.path}: invalid configuration ({count} problem{'s' * (count != 1)})"
+            return f"{head}:\n{ConfigError(self.problems)}"
+        b, t, a = self.summary["broker"], self.summary["topics"], self.summary["assets"]
+        share = f" (shared group {t['shared_group']})" if t["shared_group"] else ""
+        names = f" ({', '.join(a['names'][:8])})" if a["names"] else ""
+        return "\n".join(
+            [
+                f"{self.path}: configuration OK",
+                f"  broker:  {b['url']} (MQTT {b['protocol']}, client id {b['client_id']}, "
+                f"QoS {b['qos']})",
+                *([f"  tls:     {b['tls']}"] if b["tls"] else []),
+                f"  topics:  {', '.join(t['inputs'])}{share}",
+                f"  assets:  {a['count']}{names}",
+                f"  library: {self.summary['library']}",
+                *([f"  fleet:   {self.summary['fleet']}"] if self.summary.get("fleet") else []),
+                f"  environment overrides: {self.summary['environment_overrides']}",
+            ]
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "file": self.path,
+            "ok": self.ok,
+            "problems": [
+                {
+                    "key": p.path,
+                    "expected": p.expected if p.is_form else None,
+                    "given": p.given or None,
+                    "source": p.source or None,
+                    "message": str(p),
+                }
+                for p in self.problems
+            ],
+            **self.summary,
+        }
+
+
+def check_config(path: str | Path, env: Mapping[str, str] | None = None) -> ConfigCheck:
+    """Validate ``path`` (plus env overrides) for ``faultline check-config``."""
     env = os.environ if env is None else env
     try:
         s, n_env = load_layered(Settings, default_yaml_text(), path, env)
     except ConfigError as exc:
-        count = len(exc.problems)
-        return False, f"{path}: invalid configuration ({count} problem{'s' * (count != 1)}):\n{exc}"
+        return ConfigCheck(str(path), tuple(exc.problems))
     m, t = s.mqtt, s.topics
-    share = f" (shared group {t.shared_group})" if t.shared_group else ""
     filters = t.window_filters + t.spectrum_filters
-    inputs = ", ".join(f.replace("{prefix}", t.prefix) for f in filters)
-    assets = f" ({', '.join(sorted(s.assets)[:8])})" if s.assets else ""
-    lines = [
-        f"{path}: configuration OK",
-        f"  broker:  {'mqtts' if m.tls else 'mqtt'}://{m.host}:{m.port} (MQTT {m.protocol}, "
-        f"client id {s.resolved_client_id(env)}, QoS {m.qos})",
-        *([f"  tls:     {_tls_summary(m)}"] if m.tls else []),
-        f"  topics:  {inputs}{share}",
-        f"  assets:  {len(s.assets)}{assets}",
-        f"  library: {s.resolved_library_path(env)}",
-        *([f"  fleet:   {_fleet_summary(s)}"] if s.fleet.enabled else []),
-        f"  environment overrides: {n_env}",
-    ]
-    return True, "\n".join(lines)
+    summary = {
+        "broker": {
+            "url": f"{'mqtts' if m.tls else 'mqtt'}://{m.host}:{m.port}",
+            "protocol": m.protocol,
+            "client_id": s.resolved_client_id(env),
+            "qos": m.qos,
+            "tls": _tls_summary(m) if m.tls else None,
+        },
+        "topics": {
+            "inputs": [f.replace("{prefix}", t.prefix) for f in filters],
+            "shared_group": t.shared_group or None,
+        },
+        "assets": {"count": len(s.assets), "names": sorted(s.assets)},
+        "library": str(s.resolved_library_path(env)),
+        "fleet": _fleet_summary(s) if s.fleet.enabled else None,
+        "environment_overrides": n_env,
+    }
+    return ConfigCheck(str(path), summary=summary)
 
 
 def _fleet_summary(s: Settings) -> str:

@@ -657,7 +657,11 @@ STAGES = (
     ("decode", "decode + validate (network thread)"),
     ("queued", "wait in the pipeline queue"),
     ("diagnose", "diagnose (features, search, decision; batch share)"),
+    ("encode", "  of which encode (features, embedding)"),
+    ("search", "  of which search (FAISS kNN)"),
+    ("decide", "  of which decide (quality, lines, vote, severity)"),
     ("alert", "build the alert, hand it to the outbox"),
+    ("publish", "hand a message to paho (sender; per message)"),
     ("received_to_durable", "receipt -> alert committed (whole agent)"),
 )
 

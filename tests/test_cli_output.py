@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import pty
+import shutil
 import struct
 import subprocess
 import sys
@@ -170,6 +171,65 @@ def test_health_json_and_quiet(tmp_path: Path) -> None:
     assert body["reason"]
     quiet = run_cli(*missing, "--quiet", env=clean_env())
     assert (quiet.returncode, quiet.stdout) == (1, "")
+
+
+def test_check_config_json_and_quiet(tmp_path: Path) -> None:
+    good = tmp_path / "plant.yaml"
+    good.write_text("mqtt: {host: broker.plant}\nassets: {p1: {rpm: 1500}}\n")
+    checked = run_cli("check-config", str(good), "--json", env=clean_env())
+    assert checked.returncode == 0, checked.stderr
+    body = only_json(checked.stdout)
+    assert (body["ok"], body["problems"]) == (True, [])
+    assert body["broker"]["url"] == "mqtt://broker.plant:1883"
+    assert body["assets"] == {"count": 1, "names": ["p1"]}
+    quiet = run_cli("check-config", str(good), "--quiet", env=clean_env())
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mqtt:\n  port: 0\n")
+    refused = run_cli("check-config", str(bad), "--json", env=clean_env())
+    assert refused.returncode == 2
+    body = only_json(refused.stdout)
+    assert body["ok"] is False
+    [problem] = body["problems"]
+    assert problem["key"] == "mqtt.port"
+    assert problem["given"] == "0"
+    assert problem["source"].endswith("bad.yaml line 2")
+    quiet = run_cli("check-config", str(bad), "--quiet", env=clean_env())
+    assert (quiet.returncode, quiet.stdout) == (2, "")
+    assert "mqtt.port" in quiet.stderr  # an error is said even with --quiet
+
+
+@pytest.mark.slow
+def test_library_reshard_and_sign_json_and_quiet(demo_root: Path, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    shutil.copytree(demo_root, library, symlinks=True)  # the other tests count its versions
+    root = ["--root", str(library)]
+    before = only_json(run_cli("library", "info", *root, "--json", env=clean_env()).stdout)
+    resharded = run_cli("library", "reshard", "--shards", "3", *root, "--json", env=loud())
+    assert resharded.returncode == 0, resharded.stderr
+    body = only_json(resharded.stdout)
+    assert body["parent"] == before["version"]
+    assert body["version"] != body["parent"]
+    assert len(body["shards"]) == 3
+    assert body["total"] == sum(int(v["count"]) for v in before["views"].values())
+    assert 0 < body["moved"] < body["total"]
+    assert body["signed_by"] is None
+    quiet = run_cli("library", "reshard", "--shards", "4", *root, "--quiet", env=loud())
+    assert_quiet(quiet)
+    assert "over 4 shard(s)" in quiet.stdout
+
+    made = run_cli("keys", "generate", str(tmp_path / "plant"), env=clean_env())
+    assert made.returncode == 0, made.stderr
+    key_id = run_cli("keys", "id", str(tmp_path / "plant.pub"), env=clean_env()).stdout.split()[0]
+    key = ["--signing-key", str(tmp_path / "plant.key")]
+    signed = run_cli("library", "sign", *root, *key, "--json", env=loud())
+    assert signed.returncode == 0, signed.stderr
+    body = only_json(signed.stdout)
+    assert body["signed_by"] == key_id
+    assert (library / "versions" / body["version"] / "signature.json").is_file()
+    quiet = run_cli("library", "sign", *root, *key, "--version", body["version"], "--quiet")
+    assert_quiet(quiet)
+    assert quiet.stdout.startswith(f"signed version {body['version']} with key {key_id}")
 
 
 @pytest.mark.slow

@@ -11,7 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.library import FaultLibrary
 from tests.collector import Collector, sensor_client
-from tests.harness import agent_settings, publish_windows, record_windows, start_agent
+from tests.harness import (
+    agent_settings,
+    publish_windows,
+    record_windows,
+    start_agent,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +56,12 @@ def test_a_running_agent_serves_its_metrics(
         sensor.loop_stop()
         collector.wait_for(lambda t, _b: "/alerts/" in t, count=3)
         collector.wait_for(lambda t, _b: t.endswith("/errors"))
+        # The sender counts a hand-over just after paho took it (the broker may be quicker).
+        wait_until(
+            lambda: agent.stages.snapshot().get("publish", {}).get("windows", 0) >= 4,
+            10,
+            "four hand-overs to paho",
+        )
         metrics = _scrape(agent.metrics.port)
     finally:
         collector.close()
@@ -70,6 +82,17 @@ def test_a_running_agent_serves_its_metrics(
     assert value("faultline_stage_seconds_count", stage="decode") == 3
     assert value("faultline_stage_seconds_bucket", stage="diagnose", le="+Inf") == 3
     assert value("faultline_stage_seconds_sum", stage="diagnose") > 0
+    # diagnose_batch's own parts, each charged to every window of its batch, within the
+    # whole it is part of.
+    for part in ("encode", "search", "decide"):
+        assert value("faultline_stage_seconds_count", stage=part) == 3, part
+        assert value("faultline_stage_seconds_sum", stage=part) > 0, part
+    parts = sum(
+        value("faultline_stage_seconds_sum", stage=part) for part in ("encode", "search", "decide")
+    )
+    assert parts <= value("faultline_stage_seconds_sum", stage="diagnose")
+    # Every outgoing message handed to paho: the three alerts and the error at least.
+    assert value("faultline_stage_seconds_count", stage="publish") >= 4
     assert value("faultline_pipeline_batch_windows_sum") == 3
     assert value("faultline_mqtt_connected") == 1
     assert value("faultline_outbox_accepted_total", **{"class": "alert"}) == 3

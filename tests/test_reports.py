@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from importlib.resources import files
@@ -15,6 +16,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from faultline.agent.reports.facts import ReportFacts, facts_from
 from faultline.agent.reports.guard import check_narrative
@@ -255,7 +257,12 @@ def test_reports_arrive_over_the_broker_after_the_alert(
     the asset (not one per window), through the outbox, schema-valid."""
     port = mosquitto_session.port
     settings = agent_settings(
-        port, unique_prefix, FAULTLINE__REPORTS__LLM="true", FAULTLINE__REPORTS__THREADS="1"
+        port,
+        unique_prefix,
+        FAULTLINE__REPORTS__LLM="true",
+        FAULTLINE__REPORTS__THREADS="1",
+        FAULTLINE__METRICS__ENABLED="true",
+        FAULTLINE__METRICS__PORT="0",
     )
     collector = Collector("127.0.0.1", port, [f"{unique_prefix}/#"])
     agent = start_agent(settings, test_library, encoder)
@@ -264,12 +271,34 @@ def test_reports_arrive_over_the_broker_after_the_alert(
         publish_windows(port, unique_prefix, windows)
         alerts = collector.wait_for(lambda t, b: "/alerts/" in t, count=5, timeout=60)
         [(_t, report)] = collector.wait_for(lambda t, b: "/reports/" in t, timeout=180)
+        assert agent.metrics is not None
+        metrics = _scrape_reports(agent.metrics.port)
     finally:
         agent.stop()
         collector.close()
     jsonschema.validate(report, SCHEMA)
+    # The model's own usage counts, summed in /metrics: tokens/s is their rates' ratio.
+    made = report["generation"]
+    assert made["completion_tokens"] > 0
+    assert metrics["faultline_reports_completion_tokens_total"] == made["completion_tokens"]
+    assert metrics["faultline_reports_prompt_tokens_total"] == made["prompt_tokens"]
+    assert metrics["faultline_reports_generation_seconds_total"] == pytest.approx(
+        made["seconds"], abs=1e-3
+    )
     assert report["alert_id"] in {a["message_id"] for _t, a in alerts}
     assert report["trigger"] == "first"
     assert report["seq"] == 1
     assert len([t for t, _b in collector.messages if "/reports/" in t]) == 1
     print("\n" + json.dumps(report, indent=1))
+
+
+def _scrape_reports(port: int) -> dict[str, float]:
+    """The report samples of a running agent's /metrics, parsed by Prometheus' parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("faultline_reports_")
+    }

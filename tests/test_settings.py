@@ -242,13 +242,15 @@ def test_check_config_summarises_or_lists_problems(tmp_path: Path) -> None:
         "mqtt: {host: broker.plant, port: 8883, tls: true}\n"
         "topics: {prefix: plant7}\nassets: {p1: {rpm: 1500}, p2: {}}\n",
     )
-    ok, text = check_config(good, env={"BALENA_DEVICE_UUID": "0123456789abcdef"})
-    assert ok
+    checked = check_config(good, env={"BALENA_DEVICE_UUID": "0123456789abcdef"})
+    assert checked.ok
+    text = checked.text
     assert "mqtts://broker.plant:8883 (MQTT 5, client id faultline-0123456789ab" in text
     assert "plant7/sensors/+/window, plant7/sensors/+/spectrum" in text
     assert "assets:  2 (p1, p2)" in text
-    ok, text = check_config(write(tmp_path, "mqtt:\n  port: 0\n", "bad.yaml"), env={})
-    assert not ok
+    checked = check_config(write(tmp_path, "mqtt:\n  port: 0\n", "bad.yaml"), env={})
+    assert not checked.ok
+    text = checked.text
     assert "(1 problem)" in text
     assert "mqtt.port" in text
     assert "bad.yaml line 2" in text

@@ -110,6 +110,7 @@ def _add_sign(verbs: Any) -> None:
     )
     p.add_argument("--version", default=None, help="version to sign (default: current)")
     p.add_argument("--signing-key", required=True, metavar="KEY", help="private key (PEM)")
+    add_feedback_args(p)
 
 
 def _add_build(verbs: Any) -> None:
@@ -261,6 +262,7 @@ def _add_reshard(verbs: Any) -> None:
     )
     p.add_argument("--shards", type=int, required=True, help="number of shards")
     _signing_arg(p)
+    add_feedback_args(p)
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -411,14 +413,31 @@ def _reshard(args: argparse.Namespace) -> int:
     except SignatureError as exc:
         return _fail(str(exc), 2)
     encoder = encoder_from_settings(settings)
+    feedback = Feedback.from_args(args)
     try:
-        result = reshard(root, args.shards, expected_model_id=encoder.model_id, signer=signer)
+        result = reshard(
+            root,
+            args.shards,
+            expected_model_id=encoder.model_id,
+            signer=signer,
+            progress=feedback.progress,
+        )
     except (LibraryBuildError, LibraryError) as exc:
         return _fail(f"reshard: {exc}; current version unchanged")
     share = result.moved / result.total if result.total else 0.0
-    print(
+    payload = {
+        "version": result.path.name,
+        "parent": result.parent,
+        "total": result.total,
+        "shards": list(result.shards),
+        "moved": result.moved,
+        "moved_share": round(share, 4),
+        "signed_by": signer.key_id if signer else None,
+    }
+    feedback.result(
+        payload,
         f"version {result.path.name} (was {result.parent}): {result.total} signatures over "
-        f"{len(result.shards)} shard(s); {result.moved} ({share:.1%}) changed shard"
+        f"{len(result.shards)} shard(s); {result.moved} ({share:.1%}) changed shard",
     )
     return 0
 
@@ -541,5 +560,8 @@ def _sign(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     except (LibraryError, OSError) as exc:
         return _fail(f"version {name} not signed: {exc}")
-    print(f"signed version {name} with key {key.key_id}")
+    Feedback.from_args(args).result(
+        {"version": name, "root": str(root), "signed_by": key.key_id},
+        f"signed version {name} with key {key.key_id}",
+    )
     return 0

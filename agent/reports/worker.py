@@ -193,6 +193,9 @@ class ReportWorker(QueueThread[ReportJob]):
             "unparsable": 0,
             "failed": 0,
         }
+        # What the model produced, over every generation that returned (refused and
+        # timed-out ones too: their time and tokens were spent): tokens/s is their ratio.
+        self._generation = {"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
 
     # ------------------------------------------------------------------ intake (hot path)
     def offer(self, offer: ReportOffer, message_id: str, facts: Callable[[], ReportFacts]) -> bool:
@@ -278,6 +281,8 @@ class ReportWorker(QueueThread[ReportJob]):
         else:
             evidence = facts.prompt_text()
             generated = self._writer.write(evidence, cancelled=lambda: self.stopping)
+            if generated is not None:
+                self._count_generation(generated)
             if generated is None and self.stopping:
                 fallback = "cancelled"  # the agent is stopping
             elif generated is None:
@@ -326,13 +331,29 @@ class ReportWorker(QueueThread[ReportJob]):
 
         self._publish(facts.asset, job.message_id, build)
 
+    def _count_generation(self, generated: Generated) -> None:
+        with self._lock:
+            self._generation["prompt_tokens"] += generated.prompt_tokens
+            self._generation["completion_tokens"] += generated.completion_tokens
+            self._generation["seconds"] += generated.seconds
+
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, object]:
         with self._lock:
+            made = dict(self._generation)
             return {
                 "mode": self._mode,
                 "degraded_reason": self._mode_reason,
                 "model": None if self._writer is None else self._writer.model.model_id,
                 "queue": self.waiting,
                 **self.counts,
+                "generation": {
+                    "prompt_tokens": int(made["prompt_tokens"]),
+                    "completion_tokens": int(made["completion_tokens"]),
+                    "seconds": round(made["seconds"], 3),
+                    "tokens_per_s": round(
+                        made["completion_tokens"] / made["seconds"] if made["seconds"] else 0.0,
+                        2,
+                    ),
+                },
             }
