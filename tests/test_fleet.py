@@ -606,9 +606,10 @@ def test_fleet_settings_are_bounded_and_set_by_environment_variables() -> None:
     assert settings.fleet.deadline_s == 0.5
     assert settings.library.shards == ["shard-01", "shard-02"]
     default = Path(__file__).resolve().parents[1] / "config" / "default.yaml"
-    ok, summary = check_config(default, env)
-    assert ok, summary
-    assert "fleet:   holds shards shard-01, shard-02, coordinates (deadline 0.5 s)" in summary
+    check = check_config(default, env)
+    assert check.ok, check.text
+    assert "fleet:   holds shards shard-01, shard-02, coordinates (deadline 0.5 s)" in check.text
+    assert check.as_json()["fleet"].startswith("holds shards shard-01, shard-02")
     for key, value, named in (
         ("FAULTLINE__FLEET__DEADLINE_S", "0", "fleet.deadline_s"),
         ("FAULTLINE__FLEET__MAX_PENDING", "0", "fleet.max_pending"),
