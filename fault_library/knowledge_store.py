@@ -8,10 +8,11 @@ per entry), so an answer cites the knowledge of the library it was built with.
 
 **Hybrid retrieval.** BM25 (FTS5) finds the entries that share the question's words;
 dense search (MiniLM cosine) finds those that mean the same in other words; the two
-rankings are fused by reciprocal rank (RRF, k = 60: Cormack, Clarke and Buettcher 2009),
-which needs no score calibration between the two. A question neither ranking finds
-relevant is told apart by its best cosine (``KnowledgeBase.relevant``, ``MIN_COSINE``):
-BM25 alone matches generic words of any question.
+rankings are fused by reciprocal rank (RRF: Cormack, Clarke and Buettcher 2009), which
+needs no score calibration between the two; ``RRF_K`` says how its k was chosen. A
+question neither ranking finds relevant is told apart by its best cosine
+(``KnowledgeBase.relevant``, ``MIN_COSINE``): BM25 alone matches generic words of any
+question.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ __all__ = [
 ]
 
 KNOWLEDGE_FILE = "knowledge.sqlite"
-RRF_K = 60
+RRF_K = 30
+"""RRF's k. The paper's 60 tied BM25 alone on bench/questions.yaml (recall@5 0.956 both).
+k was then chosen by 5-fold cross-validation over {5, 10, 30, 60} (``python bench/llm.py``,
+``rrf_k_cross_validated``): every fold's training questions chose 30, and the held-out
+recall@5 was 0.968 against BM25's 0.956 and dense's 0.899 on the same questions. A smaller k
+lets a first place in one ranking outweigh middling places in both."""
 MIN_COSINE = 0.30
 """A question whose best entry is less similar than this is not answered from the knowledge
 base ("I don't know"). On bench/questions.yaml (87 questions; chosen on that set, so the

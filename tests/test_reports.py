@@ -104,6 +104,9 @@ def test_the_template_passes_its_own_guard(outer_race_facts: list[ReportFacts]) 
         ("The BPFO line stands at 107.3 Hz.", "107.3 Hz"),
         ("Velocity reached 9.9 mm/s.", "9.9 mm/s"),
         ("See https://example.com for details.", "link"),
+        ("The bearing looks healthy.", "against the verdict"),
+        ("Bearing pump-b needs grease.", "names asset 'pump-b'"),
+        ("Verdict: outer race.", "field label"),
     ],
 )
 def test_the_guard_refuses_what_the_evidence_does_not_show(
@@ -114,6 +117,16 @@ def test_the_guard_refuses_what_the_evidence_does_not_show(
     problems = check_narrative(f"{good} {planted}", facts, facts.prompt_text())
     assert problems, planted
     assert any(why in p for p in problems), problems
+
+
+def test_the_guard_refuses_damage_in_a_report_on_a_healthy_bearing(
+    outer_race_facts: list[ReportFacts],
+) -> None:
+    healthy = replace(outer_race_facts[0], label="normal", lines=[])
+    fine = "The bearing of pump-7 shows no defect lines: it looks healthy. Nothing is urgent."
+    assert check_narrative(fine, healthy, healthy.prompt_text()) == []
+    problems = check_narrative("The bearing of pump-7 is worn.", healthy, healthy.prompt_text())
+    assert any("against the verdict normal" in p for p in problems), problems
 
 
 # ---------------------------------------------------------------- the real model

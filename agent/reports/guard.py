@@ -10,7 +10,15 @@ report says so, with the reason and the refused text):
 * **library ids**: every 16-hex-digit token must be one the report cites;
 * **numbers with a unit** (Hz, kHz, rpm, dB, mm/s, x for orders, %): each must be one of
   the numbers in the evidence text, to its printed precision;
-* **no links or markup** (a URL, braces, brackets, backticks, HTML tags): prose only.
+* **no links or markup** (a URL, braces, brackets, backticks, HTML tags): prose only;
+* **no contradiction of the verdict**: a report on damage may not call the bearing healthy
+  or free of damage, a report on a healthy bearing may not call it damaged or failing;
+* **the right asset**: a name shaped like the report's asset (``pump-7``) but another one
+  (``pump-b``, ``pump-4``) is refused, as is prose that copies the evidence's field labels
+  (``Verdict:``, ``Asset:``) instead of writing sentences.
+
+Passing the guard means nothing checkable is wrong, not that the prose is good: the
+measured share a small model gets through is in bench/llm.py's output and models/README.md.
 """
 
 from __future__ import annotations
@@ -43,6 +51,18 @@ _NUMBER_WITH_UNIT = re.compile(
 )
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _MARKUP = re.compile(r"https?://|www\.|[{}\[\]`]|</?[a-z]+[^>]*>")
+_CALLS_HEALTHY = re.compile(
+    r"\bhealthy\b|\bno (?:sign of |signs of )?(?:bearing )?(?:damage|defects?|faults?)\b"
+    r"|\b(?:is|looks|seems|reads|runs) normal(?:ly)?\b|\ba normal (?:bearing|condition)\b",
+    re.IGNORECASE,
+)
+_CALLS_DAMAGED = re.compile(
+    r"\bdamaged\b|\bdefective\b|\bfail(?:ed|ing|ure|s)?\b|\bworn\b|\bcrack|\bspall",
+    re.IGNORECASE,
+)
+_PROMPT_LABEL = re.compile(r"\b(?:evidence|verdict|asset)\s*:", re.IGNORECASE)
+_ASSET_LIKE = re.compile(r"\b([A-Za-z][A-Za-z0-9_]*)-([A-Za-z0-9_.]+)\b")
+_FAULT_LABELS = frozenset({"inner_race", "outer_race", "ball", "cage"})
 
 
 def _allowed_classes(facts: ReportFacts) -> set[str]:
@@ -80,4 +100,24 @@ def check_narrative(text: str, facts: ReportFacts, evidence_text: str) -> list[s
     markup = _MARKUP.search(text)
     if markup:
         problems.append(f"contains a link or markup ('{markup.group(0)}')")
+    problems.extend(_contradictions(text, facts))
+    return problems
+
+
+def _contradictions(text: str, facts: ReportFacts) -> list[str]:
+    """What states the opposite of the verdict, names another asset, or echoes the prompt."""
+    problems = []
+    says = _CALLS_HEALTHY if facts.label in _FAULT_LABELS else None
+    if facts.label == "normal":
+        says = _CALLS_DAMAGED
+    found = says.search(text) if says is not None else None
+    if found:
+        problems.append(f"says '{found.group(0)}', against the verdict {facts.label}")
+    stem = facts.asset.split("-", 1)[0].lower() if "-" in facts.asset else None
+    for match in _ASSET_LIKE.finditer(text):
+        if match.group(1).lower() == stem and match.group(0) != facts.asset:
+            problems.append(f"names asset '{match.group(0)}' in a report on {facts.asset}")
+    label = _PROMPT_LABEL.search(text)
+    if label:
+        problems.append(f"copies the evidence's field label '{label.group(0)}'")
     return problems
