@@ -58,6 +58,7 @@ from faultline.encoders.text import TextEncoder
 from faultline.fault_library.diagnosis import DecisionPolicy, diagnose_batch
 from faultline.fault_library.knowledge_store import (
     KNOWLEDGE_FILE,
+    MIN_COSINE,
     RRF_K,
     KnowledgeBase,
     load_entries,
@@ -169,6 +170,41 @@ def rrf_k_cross_validated(
     }
 
 
+def min_cosine_cross_validated(
+    kb: KnowledgeBase, questions: list[dict[str, Any]], folds: int = 5
+) -> dict[str, Any]:
+    """MIN_COSINE as it would be fitted without seeing the questions it is scored on: per
+    fold, the threshold on a 0.01 grid with the best balanced accuracy (unanswerable
+    refused, answerable answered) on the other folds (the middle of the best plateau),
+    scored on the held-out fold."""
+    best_cosine = [max(h.cosine for h in kb.search(q["q"], 5)) for q in questions]
+    answerable = [bool(q["relevant"]) for q in questions]
+    grid = [round(0.15 + 0.01 * i, 2) for i in range(31)]
+
+    def balanced(indices: list[int], threshold: float) -> float:
+        yes = [best_cosine[i] >= threshold for i in indices if answerable[i]]
+        no = [best_cosine[i] < threshold for i in indices if not answerable[i]]
+        parts = [sum(v) / len(v) for v in (yes, no) if v]
+        return sum(parts) / len(parts)
+
+    order = list(range(len(questions)))
+    chosen, refused, answered = [], 0, 0
+    for fold in range(folds):
+        test = set(order[fold::folds])
+        train = [i for i in order if i not in test]
+        top = max(balanced(train, t) for t in grid)
+        plateau = [t for t in grid if balanced(train, t) == top]
+        threshold = plateau[len(plateau) // 2]
+        chosen.append(threshold)
+        refused += sum(best_cosine[i] < threshold for i in test if not answerable[i])
+        answered += sum(best_cosine[i] >= threshold for i in test if answerable[i])
+    return {
+        "chosen": chosen,
+        "unanswerable_refused": refused / answerable.count(False),
+        "answerable_answered": answered / answerable.count(True),
+    }
+
+
 def retrieval_quality(questions_file: Path) -> dict[str, dict[str, Any]]:
     """recall@5 and MRR per retrieval mode; "I don't know" accuracy of the hybrid path."""
     questions = yaml.safe_load(questions_file.read_text())["questions"]
@@ -203,6 +239,7 @@ def retrieval_quality(questions_file: Path) -> dict[str, dict[str, Any]]:
             "unanswerable": float(len(unanswerable)),
         }
         out["rrf_k"] = rrf_k_cross_validated(kb, questions)
+        out["min_cosine"] = min_cosine_cross_validated(kb, questions)
     return out
 
 
@@ -274,6 +311,12 @@ def main() -> None:
         f"  RRF k by 5-fold cross-validation over {RRF_K_GRID}: chosen {cv['chosen_k']} "
         f"(RRF_K = {RRF_K}); held-out recall@5 hybrid {cv['hybrid_held_out']:.3f}, "
         f"bm25 {cv['bm25']:.3f}, dense {cv['dense']:.3f}"
+    )
+    mc = quality["min_cosine"]
+    print(
+        f"  MIN_COSINE by 5-fold cross-validation: chosen {mc['chosen']} (MIN_COSINE = "
+        f"{MIN_COSINE}); held out: unanswerable refused {mc['unanswerable_refused']:.0%}, "
+        f"answerable answered {mc['answerable_answered']:.0%}"
     )
     if args.retrieval_only:
         return
