@@ -248,8 +248,9 @@ class Outbox:
             thread = threading.Thread(target=target, name=f"outbox-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        # Faults met while opening (a corrupt or unwritable file) had nobody to tell yet:
-        # the writer reports them on its first turn.
+        # Faults met while opening (a corrupt or unwritable file) had nobody to tell yet;
+        # the caller holds no lock of ours here, so they are told before start returns.
+        self._report_faults()
 
     def stop(self, timeout: float = 5.0) -> int:
         """Write what is queued, send what the link takes within ``timeout``, then end.
@@ -836,8 +837,9 @@ class Outbox:
             self._cond.notify_all()
 
     def _report_faults(self) -> None:
-        """Writer thread, no lock held: hand the queued faults to the caller's error path,
-        which puts a message back into us (the writer's own put never waits)."""
+        """The writer thread (or ``start``), with no lock held: hand the queued faults to
+        the caller's error path, which puts a message back into us (the writer's own put
+        never waits). Each fault is taken off the queue once, whoever reports it."""
         with self._cond:
             faults, self._faults = self._faults, []
         for code, reason in faults:
