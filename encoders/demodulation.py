@@ -43,6 +43,7 @@ from faultline.encoders.dsp import mean_last, periodic_hann, row_chunks
 __all__ = [
     "BANDWIDTHS_HZ",
     "Bands",
+    "content_edge_hz",
     "select_bands",
     "squared_envelope_spectra",
 ]
@@ -68,7 +69,21 @@ agree across rates); at 40 dB 36 of 39 agree (84 % of windows); at 20 dB 98 % of
 agree but the impulsive band is often a weak one, and every diagnostic split loses
 0.05-0.2 of balanced accuracy."""
 MAX_HIGH_EDGE_NYQUIST = 0.9
-"""Bands end below 90 % of Nyquist: anti-aliasing filters roll off above."""
+"""Bands end below 90 % of Nyquist: anti-aliasing filters roll off above. The same share
+applies to a content edge found inside the spectrum (:func:`content_edge_hz`)."""
+EDGE_STEP_HZ = 250.0
+"""Resolution of the content-edge search: levels are read in sub-bands this wide."""
+EDGE_BELOW_HZ = 1000.0
+"""The content level at a candidate edge: the median sub-band level of this span below it."""
+EDGE_MIN_ABOVE_HZ = 2000.0
+"""An edge leaves at least this much empty spectrum above it (a native recording's own
+roll-off in its last 10 % is not an edge: the Nyquist share handles that)."""
+EDGE_CONTRAST_DB = 15.0
+"""Every sub-band above an edge lies at least this far under the content just below it.
+Measured on CWRU 1-s windows (docs/EVALUATION.md): native 12 kHz windows reach 2.9 dB at
+most and UESTC's 20 kHz windows 10.2, their copies upsampled to 48/96 kHz 15-28 dB (the
+polyphase filter's stopband holds images of the content about 40-50 dB down); chosen
+with these figures in view."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +200,43 @@ def _band_kurtosis(
     return kurt, mean_power
 
 
+def content_edge_hz(spec: C128, n: int, fs: float) -> F64:
+    """Where each row's real content ends (Hz), or ``inf`` where it fills the band.
+
+    A recording made at a low rate and resampled up (a 12 kHz record sent at 96 kHz), or
+    a sensor whose own bandwidth ends far below Nyquist, has an empty top: only the
+    resampler's stopband images and rounding noise live there, yet a kurtogram compares
+    bands by kurtosis, which ignores level, and picks a band straddling the edge. The
+    edge is the highest sub-band boundary ``e`` (``EDGE_STEP_HZ`` grid) whose
+    ``EDGE_BELOW_HZ`` below stand (median) ``EDGE_CONTRAST_DB`` above every sub-band from
+    ``e`` up to 90 % of Nyquist, with at least ``EDGE_MIN_ABOVE_HZ`` of spectrum above it.
+    """
+    spec = np.asarray(spec)
+    rows = spec.shape[0]
+    df = fs / n
+    width = max(1, round(EDGE_STEP_HZ / df))
+    step = width * df
+    top = int(MAX_HIGH_EDGE_NYQUIST * fs / 2.0 / step)
+    below = round(EDGE_BELOW_HZ / step)
+    above = round(EDGE_MIN_ABOVE_HZ / step)
+    out: F64 = np.full(rows, np.inf)
+    if top - above < below or top * width > spec.shape[-1]:
+        return out
+    power = spec[:, : top * width].real ** 2 + spec[:, : top * width].imag ** 2
+    level = 10.0 * np.log10(power.reshape(rows, top, width).mean(axis=-1) + 1e-300)
+    # Content just below each candidate edge e (sub-bands e - below .. e - 1) ...
+    windows = np.lib.stride_tricks.sliding_window_view(level, below, axis=-1)
+    content = np.median(windows, axis=-1)[:, : top - above - below + 1]
+    # ... against the loudest sub-band from e up.
+    loudest = np.maximum.accumulate(level[:, ::-1], axis=-1)[:, ::-1]
+    ceiling = loudest[:, below : top - above + 1]
+    ok = content - ceiling >= EDGE_CONTRAST_DB
+    found = ok.any(axis=-1)
+    last = ok.shape[-1] - 1 - np.argmax(ok[:, ::-1], axis=-1)
+    out[found] = (last[found] + below) * step
+    return out
+
+
 def select_bands(spec: C128, n: int, fs: float, defect_hz: F64) -> Bands:
     """The most impulsive band of each row (the filter-bank kurtogram's maximum).
 
@@ -200,6 +252,8 @@ def select_bands(spec: C128, n: int, fs: float, defect_hz: F64) -> Bands:
     best_c = np.zeros(rows)
     best_bw = np.zeros(rows)
     min_bw = MIN_BANDWIDTH_DEFECT_ORDERS * np.asarray(defect_hz, dtype=np.float64)
+    # Bands end below 90 % of where the content ends, as they end below 90 % of Nyquist.
+    ceiling = MAX_HIGH_EDGE_NYQUIST * content_edge_hz(spec, n, fs)
     for bandwidth in BANDWIDTHS_HZ:
         width, starts = _band_grid(bandwidth, df, fs)
         if starts.size == 0:
@@ -214,7 +268,8 @@ def select_bands(spec: C128, n: int, fs: float, defect_hz: F64) -> Bands:
         # on a few rounding spikes: only bands within MAX_BAND_DROP_DB of the level's
         # strongest band compete.
         floor = power.max(axis=-1, keepdims=True) * 10.0 ** (-MAX_BAND_DROP_DB / 10.0)
-        kurt = np.where(power >= floor, kurt, -np.inf)
+        inside = (starts * df + width * df)[None, :] <= ceiling[rows_here, None]
+        kurt = np.where((power >= floor) & inside, kurt, -np.inf)
         j = kurt.argmax(axis=-1)
         value = kurt[np.arange(kurt.shape[0]), j]
         better = value > best_k[rows_here]

@@ -28,7 +28,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
 from faultline.encoders.blocks import WindowBlock, window_blocks
+from faultline.encoders.features import characteristic_orders
+from faultline.encoders.geometry import BearingGeometry
 from faultline.encoders.quality import Quality, assess
 from faultline.encoders.severity import (
     DEFAULT_MACHINE_CLASS,
@@ -38,7 +43,7 @@ from faultline.encoders.severity import (
     severity_of,
     velocity_rms_mm_s,
 )
-from faultline.encoders.signals import Measurement
+from faultline.encoders.signals import Measurement, Window
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library.baseline import Baseline, judge_against_baseline
 from faultline.fault_library.library import FaultLibrary, Neighbour
@@ -50,6 +55,7 @@ from faultline.fault_library.physics import (
     LineEvidenceReader,
     reconcile,
     shifted,
+    unresolved_lines,
 )
 from faultline.fault_library.verdict import UNKNOWN, Verdict, decide
 
@@ -61,6 +67,7 @@ __all__ = [
     "diagnose_batch",
     "line_reader",
     "quality_of",
+    "unresolved_of",
 ]
 
 View = Literal["window", "spectrum"]
@@ -160,6 +167,38 @@ def line_reader(
     )
 
 
+def unresolved_of(
+    measurements: Sequence[Measurement],
+    encoder: SpectrumEncoder,
+    names: Sequence[str],
+    rpms: Sequence[float] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """Per measurement and feature column: the column's defect line lies within
+    ``physics.RESOLVE_BINS`` spectral bins of a shaft harmonic at the speed the encoder
+    uses (``rpms`` when the caller has them, else ``encoder.describe_rpm``), for the
+    measurement's bearing and bin spacing: ambiguous evidence for the line check."""
+    shaft = np.array(
+        [
+            (encoder.describe_rpm(m)[0] if rpms is None else rpms[i]) / 60.0
+            for i, m in enumerate(measurements)
+        ]
+    )
+    df = np.array(
+        [m.fs / m.samples.size if isinstance(m, Window) else m.fs / m.n_fft for m in measurements]
+    )
+    out = np.zeros((len(measurements), len(names)), dtype=bool)
+    groups: dict[BearingGeometry, list[int]] = {}
+    for i, m in enumerate(measurements):
+        groups.setdefault(m.geometry or encoder.default_geometry, []).append(i)
+    for geometry, rows in groups.items():
+        line_names, orders = characteristic_orders(geometry)
+        idx = np.asarray(rows)
+        out[idx] = unresolved_lines(
+            names, dict(zip(line_names, orders.tolist(), strict=True)), shaft[idx], df[idx]
+        )
+    return out
+
+
 def quality_of(
     measurements: Sequence[Measurement], *, blocks: Sequence[WindowBlock] | None = None
 ) -> list[Quality | None]:
@@ -245,8 +284,14 @@ def diagnose_batch(
     results = library.search(view, vectors, policy.top_k)
     searched = time.perf_counter()
     calibration = library.calibration(view) if policy.calibrated else None
+    rpms = [encoder.describe_rpm(item) for item in measurements]
     evidence = (
-        line_reader(encoder, view, policy.line_shift_db, library.line_rules(view)).read(features)
+        line_reader(encoder, view, policy.line_shift_db, library.line_rules(view)).read(
+            features,
+            unresolved=unresolved_of(
+                measurements, encoder, encoder.feature_names(view), [r[0] for r in rpms]
+            ),
+        )
         if policy.line_check
         else None
     )
@@ -275,7 +320,7 @@ def diagnose_batch(
             quality=quality[row],
             own=own,
         )
-        rpm, rpm_source = encoder.describe_rpm(item)
+        rpm, rpm_source = rpms[row]
         row_evidence = None if evidence is None else evidence[row]
         severity = severity_for(item, velocities[row], row_evidence)
         out.append(WindowResult(verdict, neighbours, rpm, rpm_source, view, severity, row_evidence))

@@ -63,6 +63,12 @@ windows in view: healthy windows of CWRU and UESTC reach 9.6 at most, quiet ball
 UESTC windows up to 19 (docs/EVALUATION.md)."""
 ABSENT_BELOW_DB = 1.0
 """A line counts as absent this far under its threshold; closer, retrieval keeps its answer."""
+RESOLVE_BINS = 2.0
+"""A defect line whose expected frequency lies closer than this many spectral bins to an
+integer shaft harmonic cannot be told from that harmonic in one window (a Hann window's
+main lobe is 2 bins each side): it is ambiguous evidence, read neither as a sign of
+damage nor as its absence (:func:`unresolved_lines`). On UESTC's UC204 at 800 rpm BPFO
+(3.052x) lies 0.7 Hz from 3x, under one bin of a 1-s window."""
 ABSENCE_MAX_CONFIDENCE = 0.9
 """A verdict of ``normal`` by absence never claims more: absence of evidence is weaker
 than a match with the asset's own enrolled baseline."""
@@ -75,6 +81,7 @@ __all__ = [
     "LineEvidenceReader",
     "reconcile",
     "shifted",
+    "unresolved_lines",
 ]
 
 
@@ -194,16 +201,23 @@ class LineEvidenceReader:
     def families(self) -> tuple[str, ...]:
         return tuple(rule.label for rule, _, _ in self._rules)
 
-    def read(self, features: npt.ArrayLike) -> list[LineEvidence]:
+    def read(
+        self, features: npt.ArrayLike, unresolved: npt.ArrayLike | None = None
+    ) -> list[LineEvidence]:
+        """Evidence of each row; ``unresolved``: (rows, features) True where a column's
+        line cannot be told from a shaft harmonic (:func:`unresolved_lines`): an
+        indicator averages its other lines, and one with none left reads NaN (neither
+        present nor absent)."""
         rows = np.atleast_2d(np.asarray(features, dtype=np.float64))
         n = rows.shape[0]
+        mask = None if unresolved is None else np.atleast_2d(np.asarray(unresolved, dtype=bool))
         every: dict[str, tuple[npt.NDArray[np.float64], list[str]]] = {}
         decisive: dict[str, tuple[npt.NDArray[np.float64], list[str]]] = {}
         for rule, usable, _ in self._rules:
-            every[rule.label] = self._best(usable, rows)
+            every[rule.label] = self._best(usable, rows, mask)
             strong = [(ind, cols) for ind, cols in usable if ind.decisive]
             if strong:
-                decisive[rule.label] = self._best(strong, rows)
+                decisive[rule.label] = self._best(strong, rows, mask)
         assessable = frozenset(rule.label for rule, _, whole in self._rules if whole)
         kurtosis: list[float | None] = [None] * n
         if self._kurtosis_column is not None:  # features.time_stats: log10(kurtosis / 3)
@@ -228,26 +242,72 @@ class LineEvidenceReader:
         self,
         usable: Sequence[tuple[Indicator, list[int]]],
         rows: npt.NDArray[np.float64],
+        mask: npt.NDArray[np.bool_] | None = None,
     ) -> tuple[npt.NDArray[np.float64], list[str]]:
-        """Per row: the largest margin over ``usable`` indicators and what it read."""
-        levels = np.stack([_level_db(rows, cols, self._offset) for _, cols in usable])
+        """Per row: the largest margin over ``usable`` indicators and what it read (NaN
+        where every indicator's lines are unresolved)."""
+        levels = np.stack([_level_db(rows, cols, self._offset, mask) for _, cols in usable])
         gaps = levels - np.array([ind.db for ind, _ in usable])[:, None]
-        best = gaps.argmax(axis=0)
+        best = np.where(np.isnan(gaps), -np.inf, gaps).argmax(axis=0)
         margins: npt.NDArray[np.float64] = gaps[best, np.arange(rows.shape[0])]
         texts = [
             f"{usable[b][0].description} {levels[b, r]:.1f} dB "
             f"({'>=' if gaps[b, r] >= 0 else '<'} {usable[b][0].db:g})"
+            if not np.isnan(gaps[b, r])
+            else f"{usable[b][0].description}: within {RESOLVE_BINS:g} bins of shaft harmonics"
             for r, b in enumerate(best.tolist())
         ]
         return margins, texts
 
 
 def _level_db(
-    rows: npt.NDArray[np.float64], cols: Sequence[int], offset_db: float
+    rows: npt.NDArray[np.float64],
+    cols: Sequence[int],
+    offset_db: float,
+    mask: npt.NDArray[np.bool_] | None = None,
 ) -> npt.NDArray[np.float64]:
     """An indicator's level in dB above the floor from its feature columns: the mean of
-    ``line_prominence`` values, undoing its scaling ((dB - offset) / 10)."""
-    out: npt.NDArray[np.float64] = rows[:, list(cols)].mean(axis=1) * 10.0 + offset_db
+    ``line_prominence`` values, undoing its scaling ((dB - offset) / 10); with ``mask``,
+    the mean of the resolved columns only (NaN when none is)."""
+    values = rows[:, list(cols)]
+    if mask is None:
+        mean = values.mean(axis=1)
+    else:
+        keep = ~mask[:, list(cols)]
+        count = keep.sum(axis=1)
+        total = np.where(keep, values, 0.0).sum(axis=1)
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    out: npt.NDArray[np.float64] = mean * 10.0 + offset_db
+    return out
+
+
+def unresolved_lines(
+    feature_names: Sequence[str],
+    line_orders: Mapping[str, float],
+    shaft_hz: npt.ArrayLike,
+    df: npt.ArrayLike,
+    *,
+    bins: float = RESOLVE_BINS,
+) -> npt.NDArray[np.bool_]:
+    """(rows, features): True where a column's defect line lies within ``bins`` spectral
+    bins (``df`` Hz each, per row) of an integer shaft harmonic at ``shaft_hz`` (per row).
+
+    ``line_orders``: shaft orders by line name (``features.characteristic_orders``);
+    columns are matched by their line name after the spectrum prefix. The shaft lines
+    themselves (1x, 2x) and lines under one shaft order (FTF) are never flagged.
+    """
+    shaft = np.atleast_1d(np.asarray(shaft_hz, dtype=np.float64))
+    spacing = np.broadcast_to(np.asarray(df, dtype=np.float64), shaft.shape)
+    out = np.zeros((shaft.size, len(feature_names)), dtype=bool)
+    for j, name in enumerate(feature_names):
+        line = next(
+            (name[len(p) :] for p in (ft.ENVELOPE, ft.RAW, ft.COMB) if name.startswith(p)), None
+        )
+        order = None if line is None else line_orders.get(line)
+        if order is None or line in ("1x", "2x") or order < 0.5:
+            continue
+        gap_hz = abs(order - round(order)) * shaft
+        out[:, j] = gap_hz < bins * spacing
     return out
 
 
@@ -318,7 +378,8 @@ def _normal_by_absence(verdict: Verdict, evidence: LineEvidence) -> Verdict:
     grows with how far every family's lines stay under their thresholds and how close the
     kurtosis is to Gaussian, and never exceeds ``ABSENCE_MAX_CONFIDENCE``."""
     kurtosis = float(evidence.kurtosis or 3.0)
-    closest = max(evidence.margins.values()) if evidence.margins else -10.0
+    readable = [m for m in evidence.margins.values() if not math.isnan(m)]
+    closest = max(readable) if readable else -10.0
     lines_support = _confidence(-closest)
     impulse_support = min(
         1.0, max(0.0, (IMPULSIVE_KURTOSIS - kurtosis) / (IMPULSIVE_KURTOSIS - 3.0))
@@ -349,7 +410,7 @@ def _undamaged(evidence: LineEvidence, absent_below_db: float) -> bool:
         evidence.kurtosis is not None
         and evidence.kurtosis < IMPULSIVE_KURTOSIS
         and (evidence.band_kurtosis is None or evidence.band_kurtosis < IMPULSIVE_BAND_KURTOSIS)
-        and all(m < -absent_below_db for m in evidence.decisive_margins.values())
+        and all(m < -absent_below_db or math.isnan(m) for m in evidence.decisive_margins.values())
     )
 
 

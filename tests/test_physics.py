@@ -7,6 +7,7 @@ held-out-class checks run the evaluation's own folds with and without the line c
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 
 from faultline.agent.commands import eval_runs as eval_cmd
+from faultline.encoders.features import characteristic_orders
+from faultline.encoders.geometry import bearing_preset
 from faultline.encoders.spectrum import SpectrumEncoder
 from faultline.fault_library import evaluation as ev
 from faultline.fault_library.catalog import read_manifest
@@ -21,10 +24,12 @@ from faultline.fault_library.diagnosis import DecisionPolicy, diagnose_batch
 from faultline.fault_library.library import FaultLibrary
 from faultline.fault_library.physics import (
     DEFAULT_RULES,
+    KURTOSIS_FEATURE,
     LineEvidence,
     LineEvidenceReader,
     reconcile,
     shifted,
+    unresolved_lines,
 )
 from faultline.fault_library.recordings import iter_windows, read_recording
 from faultline.fault_library.verdict import UNKNOWN, Verdict
@@ -291,3 +296,75 @@ def test_the_pipeline_checks_lines_and_honours_the_threshold_shift(
     assert all((r.verdict.reason or "").startswith("no_lines") for r in refused)
     unchecked = diagnose_batch(windows, encoder, test_library, DecisionPolicy(line_check=False))
     assert all(r.verdict.evidence is None for r in unchecked)
+
+
+def test_lines_within_two_bins_of_a_shaft_harmonic_are_unresolved() -> None:
+    """UESTC's UC204 at 800 rpm: BPFO (3.052x) lies 0.7 Hz from 3x, BPFI (4.948x) 0.7 Hz
+    from 5x, closer than 2 bins of a 1-s window; 3x BPFO (9.156x) is 2.1 Hz from 9x and
+    readable. CWRU's 6205 at its speeds: no line of a rule is anywhere near."""
+    n204, o204 = characteristic_orders(bearing_preset("UC204"))
+    uc204 = dict(zip(n204, o204.tolist(), strict=True))
+    names = ["env_1x", "env_bpfo_1", "env_bpfo_3", "env_bpfi_1", "raw_bpfo_2", "log_kurtosis"]
+    flags = unresolved_lines(names, uc204, [800.0 / 60.0], 1.0)[0]
+    assert flags.tolist() == [False, True, False, True, True, False]
+    n6205, o6205 = characteristic_orders(bearing_preset("6205"))
+    every = [f"env_{n}" for n in n6205] + [f"raw_{n}" for n in n6205]
+    rules = {f for r in DEFAULT_RULES for i in r.indicators for f in i.features}
+    shafts = np.array([1721.0, 1750.0, 1772.0, 1797.0]) / 60.0
+    cwru = unresolved_lines(every, dict(zip(n6205, o6205.tolist(), strict=True)), shafts, 1.0)
+    assert not any(cwru[:, every.index(f)].any() for f in rules)
+
+
+def test_an_unresolved_family_is_neither_present_nor_absent() -> None:
+    """Every line of an indicator unresolved: its margin is NaN, so it accuses nothing,
+    refutes nothing (a claimed outer race stands) and does not block normal by absence;
+    one readable line left: the indicator reads that line alone."""
+    encoder = SpectrumEncoder(projection=None)
+    reader = _reader(encoder)
+    names = encoder.feature_names("window")
+    offset = encoder.params.prominence_offset_db
+    row = np.zeros(len(names))
+    row[names.index(KURTOSIS_FEATURE)] = np.log10(3.1 / 3.0)
+    for k in (1, 2, 3):  # outer-race lines far above any threshold
+        row[names.index(f"env_bpfo_{k}")] = (40.0 - offset) / 10.0
+    mask = np.zeros((1, len(names)), dtype=bool)
+    for k in (1, 2, 3):
+        mask[0, names.index(f"env_bpfo_{k}")] = True
+    mask[0, names.index("raw_bpfo_2")] = True
+    (plain,) = reader.read(row)
+    (masked,) = reader.read(row, unresolved=mask)
+    assert plain.present(corroborated=False) == ["outer_race"]
+    assert np.isnan(masked.margins["outer_race"])
+    assert masked.present(corroborated=True) == []
+    assert "shaft harmonics" in masked.readings["outer_race"]
+    claimed = Verdict("outer_race", 0.9, None, 0.95)
+    assert reconcile(claimed, masked, LIBRARY, absence=False) == claimed
+    assert reconcile(Verdict(UNKNOWN, 0.0, "x", 0.3), masked, LIBRARY).label == "normal"
+    mask[0, names.index("env_bpfo_3")] = False  # 3x readable: it alone stands
+    (one,) = reader.read(row, unresolved=mask)
+    assert one.present(corroborated=False) == ["outer_race"]
+
+
+def test_another_machine_healthy_windows_read_normal(
+    dataset: eval_cmd.Dataset, cwru_dir: Path
+) -> None:
+    """The machine split on v1 features (CWRU library, every UESTC window, nested line
+    thresholds): guards at the measured balanced accuracy 0.722 and healthy 0.91 (0.715
+    and 0.73 before lines within 2 bins of a shaft harmonic were unresolved; outer race
+    fell 0.61 -> 0.50: at 800 rpm its lines coincide with 3x and 6x). The issue's target
+    (0.90) is missed."""
+    env = os.environ.get("FAULTLINE_UESTC_DIR")
+    uestc = Path(env) if env else cwru_dir.parent / "uestc"
+    test = eval_cmd.load_dataset(uestc, window_s=1.0, hop_s=0.5, channel="Data", bearing="UC204")
+    data, fold = eval_cmd.transfer_fold(dataset, test, "uestc", healthy_second_half=False)
+    embedder = eval_cmd.Embedder(data, eval_cmd.Config("window", "none", ()))
+    quality = data.quality()
+    summary = ev.run_fold(
+        fold,
+        data.info,
+        embedder.vectors(fold.library),
+        evidence=embedder.evidence(fold.library, fold.test),
+        quality=[quality[i] for i in fold.test.tolist()],
+    ).summary()
+    assert summary["balanced_accuracy"] >= 0.72, summary["recall"]
+    assert summary["recall"]["normal"] >= 0.9, summary["recall"]

@@ -31,7 +31,7 @@ from faultline.encoders.signals import Measurement, Window, shape_groups
 from faultline.encoders.spectrum import SpectrumEncoder, View
 from faultline.fault_library import evaluation as ev
 from faultline.fault_library.catalog import read_manifest
-from faultline.fault_library.diagnosis import DecisionPolicy, quality_of
+from faultline.fault_library.diagnosis import DecisionPolicy, quality_of, unresolved_of
 from faultline.fault_library.envelope_baseline import EnvelopeBaseline, baseline_features
 from faultline.fault_library.physics import (
     LineEvidence,
@@ -72,6 +72,15 @@ class Dataset:
     _copies: dict[tuple[str, float, str], F32] = field(default_factory=dict)
     _quality: list[Quality | None] | None = None
     _baseline: npt.NDArray[np.float64] | None = None
+    _unresolved: dict[tuple[str, ...], npt.NDArray[np.bool_]] = field(default_factory=dict)
+
+    def unresolved(self, names: Sequence[str]) -> npt.NDArray[np.bool_]:
+        """Per window and feature column: its defect line lies within
+        ``physics.RESOLVE_BINS`` bins of a shaft harmonic (computed once per layout)."""
+        key = tuple(names)
+        if key not in self._unresolved:
+            self._unresolved[key] = unresolved_of(self.windows, self.encoder, names)
+        return self._unresolved[key]
 
     def quality(self) -> list[Quality | None]:
         """The signal-quality gate's verdict of every window (computed once)."""
@@ -359,7 +368,10 @@ class Embedder:
         configuration skips the line check)."""
         if not self.config.lines:
             return None
-        return self.lines(library).read(self.data.features(self.config.view)[rows])
+        return self.lines(library).read(
+            self.data.features(self.config.view)[rows],
+            unresolved=self.data.unresolved(self.line_names)[rows],
+        )
 
     def refit_for(
         self, library: npt.NDArray[np.int64]
@@ -490,6 +502,15 @@ def rate_invariance(data: Dataset, embedder: Embedder, args: argparse.Namespace)
         for w in data.info
         if w.label != "normal" and not math.isclose(w.fs, data.base_fs)
     }
+
+    def same_cut(record: str, feats: F32) -> npt.NDArray[np.bool_] | None:
+        """The recording's own windows' unresolved lines (the same speed and bins at
+        every rate: 1-s windows keep 1 Hz bins), when its copy is cut into as many."""
+        rows = [i for i, w in enumerate(data.info) if w.record_id == record]
+        if len(rows) != feats.shape[0]:
+            return None
+        return data.unresolved(embedder.line_names)[rows]
+
     for fold in folds_of("lofso", data):
         embed = embedder.embedding(fold.library)
         lib_vec = embed(data.features(embedder.config.view))[fold.library]
@@ -513,7 +534,9 @@ def rate_invariance(data: Dataset, embedder: Embedder, args: argparse.Namespace)
                     policy=DecisionPolicy(absence=embedder.config.lines),
                     calibration=calibration,
                     evidence=(
-                        embedder.lines(fold.library).read(feats) if embedder.config.lines else None
+                        embedder.lines(fold.library).read(feats, unresolved=same_cut(record, feats))
+                        if embedder.config.lines
+                        else None
                     ),
                 )
                 answers[fs] = ([v.label for v in verdicts], aggregate(verdicts).label)
