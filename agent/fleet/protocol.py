@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from faultline.agent.coded_error import CodedError
 from faultline.fault_library.library import ShardTopK
 
 __all__ = [
@@ -61,13 +62,8 @@ ShardReply = ShardTopK | list[dict[str, Any]]
 """A holder's answer: top-k per query vector, or full-text hits (id, description, rank)."""
 
 
-class FleetError(ValueError):
+class FleetError(CodedError):
     """Why a request or reply was refused; ``code`` is what the error reply names."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from faultline.agent.coded_error import CodedError
+
 __all__ = [
     "MAX_QUESTION_BYTES",
     "MAX_QUESTION_CHARS",
@@ -31,11 +33,8 @@ MAX_QUESTION_CHARS = 500
 _TOPIC = re.compile(r"^[^#+\x00]{1,200}$")
 
 
-class QuestionError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class QuestionError(CodedError):
+    """A question refused with an error reply (``code`` as in the answer's ``error``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from faultline.agent.coded_error import CodedError
 from faultline.encoders.signals import FloatArray
 
 MAGIC = b"FLW1"
@@ -45,13 +46,8 @@ KNOWN_FLAGS = 0x0000
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-class BinaryLayoutError(ValueError):
+class BinaryLayoutError(CodedError):
     """The bytes do not follow the layout; ``code`` is one of the payload error codes."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

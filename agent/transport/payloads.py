@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from faultline.agent.coded_error import CodedError
 from faultline.agent.transport import binary_format
 from faultline.encoders.geometry import BEARING_PRESETS, BearingGeometry, bearing_preset
 from faultline.encoders.signals import FloatArray, SpectrumFrame, Window
@@ -68,13 +69,10 @@ _F32_MAX = float(np.finfo(np.float32).max)
 _MIN_MS_HINT = 946684800.0  # 2000-01-01: only then is "you sent milliseconds" a likely story
 
 
-class PayloadError(ValueError):
+class PayloadError(CodedError):
     """A payload the agent refuses; ``code`` is for machines, ``message`` for people."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    code_in_text = True
 
 
 @dataclass(frozen=True)
